@@ -1,0 +1,1 @@
+"""OMS: an order management service."""

@@ -1,0 +1,55 @@
+"""Registration and login rules."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from oms.auth.models import User
+from oms.auth.passwords import PasswordHasher
+from oms.exceptions import AuthenticationError, ConflictError
+
+EMAIL_TAKEN = "A user with this email already exists"
+BAD_CREDENTIALS = "Incorrect email or password"
+
+
+def normalise_email(email: str) -> str:
+    return email.strip().lower()
+
+
+async def register_user(
+    session: AsyncSession, hasher: PasswordHasher, email: str, password: str
+) -> User:
+    email = normalise_email(email)
+    if await _find_by_email(session, email) is not None:
+        raise ConflictError(EMAIL_TAKEN)
+    user = User(email=email, hashed_password=await hasher.hash(password))
+    session.add(user)
+    try:
+        await session.commit()
+    except IntegrityError as exc:  # a concurrent registration of the same email won
+        await session.rollback()
+        raise ConflictError(EMAIL_TAKEN) from exc
+    return user
+
+
+async def authenticate(
+    session: AsyncSession, hasher: PasswordHasher, email: str, password: str
+) -> User:
+    user = await _find_by_email(session, normalise_email(email))
+    if user is None:
+        await hasher.burn_verification(password)
+        raise AuthenticationError(BAD_CREDENTIALS)
+    valid, upgraded_hash = await hasher.verify_and_update(password, user.hashed_password)
+    if not valid:
+        raise AuthenticationError(BAD_CREDENTIALS)
+    if upgraded_hash is not None:
+        user.hashed_password = upgraded_hash
+        await session.commit()
+    return user
+
+
+async def _find_by_email(session: AsyncSession, email: str) -> User | None:
+    found: User | None = await session.scalar(select(User).where(User.email == email))
+    return found

@@ -1,0 +1,130 @@
+"""Settings: the one place configuration comes from (environment and `.env`)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEV_SECRET_KEY = "dev-only-insecure-secret-key-change-me"  # noqa: S105 - refused outside local
+_PLACEHOLDER_MARKERS = ("change", "example", "secret", "placeholder", "dev-only", "xxxx")
+MIN_SECRET_LENGTH = 32
+MAX_ORDER_TOTAL = "99999999.99"
+
+AppEnv = Literal["local", "test", "staging", "production"]
+LogFormat = Literal["json", "console"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+class Settings(BaseSettings):
+    """Every setting of the service; names map to upper-case environment variables."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
+
+    app_env: AppEnv = "local"
+    secret_key: SecretStr = SecretStr(DEV_SECRET_KEY)
+
+    database_url: str = "sqlite+aiosqlite:///./oms.db"
+    db_pool_size: int = Field(10, ge=1, le=200)
+    db_max_overflow: int = Field(10, ge=0, le=200)
+    db_pool_timeout_seconds: float = Field(5.0, gt=0, le=60)
+    db_connect_timeout_seconds: float = Field(3.0, gt=0, le=60)
+    db_statement_timeout_seconds: float = Field(10.0, gt=0, le=600)
+
+    redis_url: str | None = None
+    redis_timeout_seconds: float = Field(0.1, gt=0, le=10)
+    celery_broker_url: str | None = None
+    rabbitmq_url: str | None = None
+
+    cache_ttl_seconds: int = Field(300, ge=1, le=86_400)
+    rate_limit_times: int = Field(100, ge=1)
+    rate_limit_seconds: int = Field(60, ge=1)
+    auth_rate_limit: str = "10/minute"
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1"]
+    )
+
+    access_token_expire_minutes: int = Field(30, ge=1, le=7 * 24 * 60)
+    jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
+    jwt_issuer: str = "oms"
+    jwt_audience: str = "oms-api"
+
+    # OWASP's Argon2id baseline; pwdlib's heavier defaults cap logins near 10/s here.
+    argon2_memory_cost_kib: int = Field(19_456, ge=8_192, le=1_048_576)
+    argon2_time_cost: int = Field(2, ge=1, le=10)
+    argon2_parallelism: int = Field(1, ge=1, le=16)
+    password_hash_workers: int = Field(2, ge=1, le=64)
+
+    processing_timeout_seconds: int = Field(30, ge=1)
+    max_body_bytes: int = Field(64 * 1024, ge=1024)
+
+    log_level: LogLevel = "INFO"
+    log_format: LogFormat | None = None
+
+    @field_validator("cors_origins", "forwarded_allow_ips", mode="before")
+    @classmethod
+    def _split_comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, value: str) -> str:
+        return async_database_url(value)
+
+    @model_validator(mode="after")
+    def _secret_key_outside_local(self) -> Settings:
+        if self.app_env == "local":
+            return self
+        secret = self.secret_key.get_secret_value()
+        lowered = secret.lower()
+        if len(secret) < MIN_SECRET_LENGTH or any(m in lowered for m in _PLACEHOLDER_MARKERS):
+            raise ValueError(
+                f"SECRET_KEY must be at least {MIN_SECRET_LENGTH} random characters when "
+                f"APP_ENV is {self.app_env!r} (generate one with "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(48))'`)"
+            )
+        if len(set(secret)) < 16:
+            raise ValueError("SECRET_KEY looks like a placeholder: it is not random enough")
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def effective_log_format(self) -> LogFormat:
+        if self.log_format is not None:
+            return self.log_format
+        return "console" if self.app_env == "local" else "json"
+
+
+def async_database_url(url: str) -> str:
+    """Accept the plain URLs people paste and pick this service's async drivers."""
+    for plain, driver in (
+        ("postgres://", "postgresql+asyncpg://"),
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("sqlite://", "sqlite+aiosqlite://"),
+    ):
+        if url.startswith(plain):
+            return driver + url.removeprefix(plain)
+    if not url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+        raise ValueError("must be a postgresql:// or sqlite:// URL")
+    return url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings read once from the environment, for the command line entry points."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""Domain events: the transactional outbox and the `new_order` message."""

@@ -1,0 +1,70 @@
+"""The FastAPI application."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from oms.auth.passwords import PasswordHasher
+from oms.auth.router import router as auth_router
+from oms.cache import InMemoryOrderCache
+from oms.config import Settings, get_settings
+from oms.db import create_engine, create_sessionmaker
+from oms.errors import register_error_handlers
+from oms.health import database_check
+from oms.health import router as health_router
+from oms.logging import configure_logging
+from oms.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from oms.orders.router import router as orders_router
+
+DESCRIPTION = """
+Order management service. Register, obtain a bearer token from `/token/` (OAuth2 password
+flow; *Authorize* above), then create, read, update and list your orders.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings)
+        hasher = PasswordHasher(settings)
+        cache = InMemoryOrderCache(settings.cache_ttl_seconds)
+        app.state.settings = settings
+        app.state.engine = engine
+        app.state.sessionmaker = create_sessionmaker(engine)
+        app.state.password_hasher = hasher
+        app.state.order_cache = cache
+        app.state.readiness_checks = [database_check(engine)]
+        try:
+            yield
+        finally:
+            await cache.close()
+            hasher.close()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="OMS",
+        summary="Order management service",
+        description=DESCRIPTION,
+        version="0.1.0",
+        lifespan=lifespan,
+        redirect_slashes=False,
+    )
+    register_error_handlers(app)
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestIdMiddleware)
+    app.include_router(health_router)
+    app.include_router(auth_router)
+    app.include_router(orders_router)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for uvicorn (`oms.main:create_app_from_env`): logging plus the app."""
+    settings = get_settings()
+    configure_logging(settings)
+    return create_app(settings)

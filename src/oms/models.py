@@ -1,0 +1,8 @@
+"""Every table, imported in one place for Alembic and the tests."""
+
+from oms.auth.models import User
+from oms.db import Base
+from oms.events.models import OutboxEvent
+from oms.orders.models import IdempotencyKey, Order
+
+__all__ = ["Base", "IdempotencyKey", "Order", "OutboxEvent", "User"]

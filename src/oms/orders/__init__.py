@@ -1,0 +1,1 @@
+"""Orders: creation, status machine, listing and idempotent creation."""

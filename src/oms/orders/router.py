@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+from urllib.parse import urlencode
+
+from fastapi import Header, Query, Response, status
+
+from oms.auth.dependencies import CurrentUser
+from oms.cache import Cache
+from oms.db import DbSession
+from oms.exceptions import PermissionDeniedError
+from oms.openapi import error_responses
+from oms.orders import service
+from oms.orders.models import OrderStatus
+from oms.orders.schemas import OrderCreate, OrderOut, OrderStatusUpdate, order_json, orders_json
+from oms.routing import SlashOptionalRouter
+
+router = SlashOptionalRouter(prefix="/orders", tags=["orders"])
+
+JSON = "application/json"
+MAX_OFFSET = 1_000_000
+
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x21-\x7e]+$",
+        description="Makes a retried creation safe: the same key and body return the same order.",
+    ),
+]
+
+
+@router.post(
+    "/",
+    status_code=status.HTTP_201_CREATED,
+    response_model=OrderOut,
+    responses=error_responses(401, 409, 413, 422, 429, 503),
+    summary="Create an order",
+)
+async def create_order(
+    body: OrderCreate,
+    user: CurrentUser,
+    session: DbSession,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    created = await service.create_order(session, user.id, body, idempotency_key)
+    headers = {"Location": f"/orders/{created.order.id}/"}
+    if created.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return Response(order_json(created.order), status.HTTP_201_CREATED, headers, JSON)
+
+
+@router.get(
+    "/{order_id}/",
+    response_model=OrderOut,
+    responses=error_responses(401, 403, 404, 422, 429, 503),
+    summary="Read an order",
+)
+async def get_order(
+    order_id: uuid.UUID, user: CurrentUser, session: DbSession, cache: Cache
+) -> Response:
+    return Response(
+        await service.get_order_json(session, cache, user.id, order_id), media_type=JSON
+    )
+
+
+@router.patch(
+    "/{order_id}/",
+    response_model=OrderOut,
+    responses=error_responses(401, 403, 404, 409, 413, 422, 429, 503),
+    summary="Change an order's status",
+)
+async def update_order_status(
+    order_id: uuid.UUID,
+    body: OrderStatusUpdate,
+    user: CurrentUser,
+    session: DbSession,
+    cache: Cache,
+) -> Response:
+    order = await service.change_status(session, cache, user.id, order_id, body.status)
+    return Response(order_json(order), media_type=JSON)
+
+
+@router.get(
+    "/user/{user_id}/",
+    response_model=list[OrderOut],
+    responses=error_responses(401, 403, 422, 429, 503),
+    summary="List a user's orders, newest first",
+)
+async def list_user_orders(
+    user_id: int,
+    user: CurrentUser,
+    session: DbSession,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    order_status: Annotated[OrderStatus | None, Query(alias="status")] = None,
+) -> Response:
+    if user_id != user.id:
+        raise PermissionDeniedError("You can only list your own orders")
+    orders, has_more = await service.list_orders(session, user.id, limit, offset, order_status)
+    headers = {}
+    if has_more:
+        query: dict[str, str | int] = {"limit": limit, "offset": offset + limit}
+        if order_status is not None:
+            query["status"] = order_status.value
+        headers["Link"] = f'</orders/user/{user_id}/?{urlencode(query)}>; rel="next"'
+    return Response(orders_json(orders), headers=headers, media_type=JSON)

@@ -1,0 +1,116 @@
+"""Order shapes at the edge; `OrderOut` and its serialiser are the one JSON form of an order."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any, Self
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
+
+from oms.orders.models import Order, OrderStatus
+
+MAX_TOTAL = Decimal("99999999.99")  # NUMERIC(10,2)
+MAX_ITEMS = 100
+
+# Money is exact in Python and a JSON number (at most 2 decimals) on the wire.
+Money = Annotated[
+    Decimal,
+    Field(max_digits=10, decimal_places=2),
+    PlainSerializer(float, return_type=float, when_used="json"),
+]
+
+
+class OrderItem(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    product_id: str | None = Field(default=None, min_length=1, max_length=64, examples=["SKU-1"])
+    name: str | None = Field(default=None, min_length=1, max_length=200, examples=["Widget"])
+    quantity: int = Field(strict=True, ge=1, le=10_000, examples=[2])
+    price: Annotated[Money, Field(gt=0, examples=[9.99])]
+
+    @field_validator("product_id", mode="before")
+    @classmethod
+    def _number_as_string(cls, value: object) -> object:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        return value
+
+    @model_validator(mode="after")
+    def _identified(self) -> Self:
+        if self.product_id is None and self.name is None:
+            raise ValueError("an item needs a product_id or a name")
+        return self
+
+    @property
+    def subtotal(self) -> Decimal:
+        return self.price * self.quantity
+
+
+class OrderCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[OrderItem] = Field(min_length=1, max_length=MAX_ITEMS)
+    total_price: Annotated[Money, Field(ge=0)] | None = Field(
+        default=None, description="Optional; must equal the sum of quantity x price if given."
+    )
+
+    @model_validator(mode="after")
+    def _total_matches(self) -> Self:
+        computed = self.computed_total
+        if computed > MAX_TOTAL:
+            raise ValueError(f"order total {computed} exceeds the maximum of {MAX_TOTAL}")
+        if self.total_price is not None and self.total_price != computed:
+            raise ValueError(
+                f"total_price {self.total_price} does not match the sum of the items {computed}"
+            )
+        return self
+
+    @property
+    def computed_total(self) -> Decimal:
+        return sum((item.subtotal for item in self.items), Decimal("0.00"))
+
+
+class OrderStatusUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    status: OrderStatus
+
+
+class OrderOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    user_id: int
+    items: list[OrderItem]
+    total_price: Money
+    status: OrderStatus
+    created_at: datetime
+    updated_at: datetime
+    processed_at: datetime | None
+
+
+_order_list = TypeAdapter(list[OrderOut])
+
+
+def stored_items(items: list[OrderItem]) -> list[dict[str, Any]]:
+    """Items as they are stored in the database and sent in events."""
+    return [item.model_dump(mode="json") for item in items]
+
+
+def order_json(order: Order) -> bytes:
+    """The order's JSON: the same bytes for the API, the cache and anything else."""
+    return OrderOut.model_validate(order).model_dump_json().encode()
+
+
+def orders_json(orders: list[Order]) -> bytes:
+    return _order_list.dump_json([OrderOut.model_validate(order) for order in orders])

@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import jwt
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from oms.auth.models import User
+from oms.config import Settings
+from tests.conftest import PASSWORD, ApiUser, unique_email
+
+PROTECTED = "/orders/user/{id}/"
+
+
+async def test_login_returns_a_bearer_token(client: httpx.AsyncClient, user: ApiUser) -> None:
+    response = await client.post("/token/", data={"username": user.email, "password": PASSWORD})
+
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) == {"access_token", "token_type", "expires_in"}
+    assert body["token_type"] == "bearer"
+    assert body["expires_in"] == 30 * 60
+
+
+async def test_token_claims(client: httpx.AsyncClient, user: ApiUser, settings: Settings) -> None:
+    claims = jwt.decode(
+        user.token,
+        settings.secret_key.get_secret_value(),
+        algorithms=["HS256"],
+        audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer,
+    )
+    assert claims["sub"] == str(user.id)
+    assert claims["exp"] - claims["iat"] == 30 * 60
+
+
+async def test_login_is_case_insensitive_on_email(client: httpx.AsyncClient, user: ApiUser) -> None:
+    response = await client.post(
+        "/token", data={"username": user.email.upper(), "password": PASSWORD}
+    )
+    assert response.status_code == 200
+
+
+async def test_wrong_password_and_unknown_email_look_the_same(
+    client: httpx.AsyncClient, user: ApiUser
+) -> None:
+    wrong = await client.post("/token/", data={"username": user.email, "password": "wrong pass"})
+    unknown = await client.post("/token/", data={"username": unique_email(), "password": PASSWORD})
+
+    for response in (wrong, unknown):
+        assert response.status_code == 401
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert wrong.json() == unknown.json() == {"detail": "Incorrect email or password"}
+
+
+async def test_missing_form_fields_are_422(client: httpx.AsyncClient) -> None:
+    response = await client.post("/token/", data={"username": "a@example.com"})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "password"]
+
+
+async def test_no_token_is_401(client: httpx.AsyncClient, user: ApiUser) -> None:
+    response = await client.get(PROTECTED.format(id=user.id))
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert response.json() == {"detail": "Not authenticated"}
+
+
+def _token(settings: Settings, **claims: object) -> str:
+    now = datetime.now(UTC)
+    payload = {
+        "sub": "1",
+        "iat": now,
+        "exp": now + timedelta(minutes=5),
+        "iss": settings.jwt_issuer,
+        "aud": settings.jwt_audience,
+        **claims,
+    }
+    return jwt.encode(payload, settings.secret_key.get_secret_value(), algorithm="HS256")
+
+
+async def test_bad_tokens_are_401(
+    client: httpx.AsyncClient, user: ApiUser, settings: Settings
+) -> None:
+    past = datetime.now(UTC) - timedelta(hours=1)
+    header, payload, _signature = user.token.split(".")
+    unsigned = jwt.encode({"sub": str(user.id)}, key=None, algorithm="none")
+    bad_tokens = {
+        "expired": _token(settings, sub=str(user.id), iat=past, exp=past + timedelta(minutes=1)),
+        "tampered": f"{header}.{payload}.{'A' * 43}",
+        "alg none": unsigned,
+        "wrong audience": _token(settings, sub=str(user.id), aud="someone-else"),
+        "wrong issuer": _token(settings, sub=str(user.id), iss="someone-else"),
+        "other secret": jwt.encode({"sub": str(user.id)}, "x" * 40, algorithm="HS256"),
+        "non-numeric subject": _token(settings, sub="alice"),
+        "malformed": "not-a-jwt",
+        "truncated": user.token[:-5],
+    }
+    for name, token in bad_tokens.items():
+        response = await client.get(
+            PROTECTED.format(id=user.id), headers={"Authorization": f"Bearer {token}"}
+        )
+        assert response.status_code == 401, name
+        assert response.json() == {"detail": "Invalid or expired token"}, name
+        assert response.headers["WWW-Authenticate"] == "Bearer", name
+
+
+async def test_token_of_deleted_user_is_401(
+    client: httpx.AsyncClient, user: ApiUser, engine: AsyncEngine
+) -> None:
+    assert (await client.get(PROTECTED.format(id=user.id), headers=user.headers)).status_code == 200
+    async with engine.begin() as connection:
+        await connection.execute(delete(User).where(User.id == user.id))
+
+    response = await client.get(PROTECTED.format(id=user.id), headers=user.headers)
+    assert response.status_code == 401
+
+
+async def test_hash_with_other_parameters_verifies_and_is_upgraded(
+    client: httpx.AsyncClient, user: ApiUser, engine: AsyncEngine
+) -> None:
+    from pwdlib.hashers.argon2 import Argon2Hasher
+
+    legacy = Argon2Hasher(memory_cost=8192, time_cost=1, parallelism=2).hash(PASSWORD)
+    async with engine.begin() as connection:
+        await connection.execute(
+            update(User).where(User.id == user.id).values(hashed_password=legacy)
+        )
+
+    response = await client.post("/token/", data={"username": user.email, "password": PASSWORD})
+
+    assert response.status_code == 200
+    async with engine.connect() as connection:
+        stored = await connection.scalar(select(User.hashed_password).where(User.id == user.id))
+    assert stored is not None
+    assert stored != legacy
+    assert "m=19456,t=2,p=1" in stored

@@ -1,0 +1,119 @@
+"""Cross-cutting behaviour: health, schema, request ids, database outages."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+
+from oms.main import create_app
+from tests.conftest import ITEM, ApiUser, create_order, make_settings, register_and_login
+from tests.support.tcp_proxy import TcpProxy
+
+
+async def test_health(client: httpx.AsyncClient) -> None:
+    response = await client.get("/health")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+async def test_ready_reports_the_database(client: httpx.AsyncClient) -> None:
+    response = await client.get("/health/ready")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "dependencies": {"database": "ok"}}
+
+
+async def test_openapi_lists_canonical_paths_only(client: httpx.AsyncClient) -> None:
+    schema = (await client.get("/openapi.json")).json()
+    assert set(schema["paths"]) == {
+        "/health",
+        "/health/ready",
+        "/register/",
+        "/token/",
+        "/orders/",
+        "/orders/{order_id}/",
+        "/orders/user/{user_id}/",
+    }
+    get_order = schema["paths"]["/orders/{order_id}/"]["get"]["responses"]
+    assert {"200", "401", "403", "404", "422", "503"} <= set(get_order)
+
+
+async def test_swagger_ui_is_served(client: httpx.AsyncClient) -> None:
+    response = await client.get("/docs")
+    assert response.status_code == 200
+    assert "swagger-ui" in response.text
+
+
+async def test_request_id_is_echoed_or_generated(client: httpx.AsyncClient) -> None:
+    given = await client.get("/health", headers={"X-Request-ID": "abc-123"})
+    hostile = await client.get("/health", headers={"X-Request-ID": "x" * 500})
+    missing = await client.get("/health")
+
+    assert given.headers["X-Request-ID"] == "abc-123"
+    assert len(hostile.headers["X-Request-ID"]) == 32
+    assert len(missing.headers["X-Request-ID"]) == 32
+
+
+async def test_json_body_needs_a_json_content_type(
+    client: httpx.AsyncClient, user: ApiUser
+) -> None:
+    response = await client.post(
+        "/orders/",
+        content=b'{"items": []}',
+        headers={**user.headers, "Content-Type": "text/plain"},
+    )
+    assert response.status_code == 422
+
+
+async def test_malformed_json_is_422(client: httpx.AsyncClient, user: ApiUser) -> None:
+    response = await client.post(
+        "/orders/",
+        content=b'{"items": [',
+        headers={**user.headers, "Content-Type": "application/json"},
+    )
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["type"] == "json_invalid"
+
+
+@pytest.fixture
+async def proxy(postgres_url: str) -> AsyncIterator[TcpProxy]:
+    target = urlsplit(postgres_url)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 5432)
+    await proxy.start()
+    yield proxy
+    await proxy.stop()
+
+
+async def test_database_outage_is_503_and_recovers(postgres_url: str, proxy: TcpProxy) -> None:
+    parts = urlsplit(postgres_url)
+    through_proxy = urlunsplit(parts._replace(netloc=f"postgres@127.0.0.1:{proxy.port}"))
+    app = create_app(make_settings(through_proxy, db_connect_timeout_seconds=1))
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        LifespanManager(app),
+        httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+    ):
+        user = await register_and_login(client)
+        order = await create_order(client, user)
+
+        await proxy.stop()
+        down = await client.get(f"/orders/user/{user.id}/", headers=user.headers)
+        create_down = await client.post("/orders/", json={"items": [ITEM]}, headers=user.headers)
+        ready_down = await client.get("/health/ready")
+        alive = await client.get("/health")
+
+        assert down.status_code == 503
+        assert down.json() == {"detail": "Database unavailable; please retry shortly"}
+        assert down.headers["Retry-After"] == "2"
+        assert create_down.status_code == 503
+        assert ready_down.status_code == 503
+        assert ready_down.json()["dependencies"]["database"] == "unavailable"
+        assert alive.status_code == 200
+
+        await proxy.start()
+        recovered = await client.get(f"/orders/{order['id']}/", headers=user.headers)
+        assert recovered.status_code == 200
+        assert (await client.get("/health/ready")).status_code == 200
