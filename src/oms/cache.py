@@ -14,6 +14,28 @@ from typing import Annotated, Protocol
 from fastapi import Depends, Request
 
 
+# Redis layout, shared by the API and the worker: the order JSON under `orders:{id}` (served as
+# is on a hit) and its version under `orders:{id}:version`, both with the same TTL.
+# KEYS: body key, version key; ARGV: body, version, ttl seconds. Returns 1 if written.
+PUT_IF_NEWER_LUA = """
+local current = redis.call('GET', KEYS[2])
+if current and tonumber(current) > tonumber(ARGV[2]) then
+    return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+return 1
+"""
+
+
+def cache_key(order_id: uuid.UUID) -> str:
+    return f"orders:{order_id}"
+
+
+def version_key(order_id: uuid.UUID) -> str:
+    return f"orders:{order_id}:version"
+
+
 class OrderCache(Protocol):
     async def get(self, order_id: uuid.UUID) -> bytes | None:
         """The cached order JSON, or None on a miss or when the cache is unavailable."""
