@@ -13,7 +13,6 @@ from typing import Annotated, Protocol
 
 from fastapi import Depends, Request
 
-
 # Redis layout, shared by the API and the worker: the order JSON under `orders:{id}` (served as
 # is on a hit) and its version under `orders:{id}:version`, both with the same TTL.
 # KEYS: body key, version key; ARGV: body, version, ttl seconds. Returns 1 if written.
