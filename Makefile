@@ -4,13 +4,17 @@ PYTHON ?= python3
 # uv from PATH, else bootstrapped from PyPI into .tools/ (needs only Python 3.11).
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
 
-.PHONY: run test lint format
+.PHONY: run test lint format fuzz
 
 run: .venv/.synced
 	$(UV) run oms dev
 
 test: .venv/.synced
 	$(UV) run pytest
+
+# The suite's schemathesis run with many more examples per operation.
+fuzz: .venv/.synced
+	OMS_FUZZ_EXAMPLES=$${OMS_FUZZ_EXAMPLES:-1000} $(UV) run pytest tests/test_fuzz.py
 
 lint: .venv/.synced
 	$(UV) run ruff check src tests migrations

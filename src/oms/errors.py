@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import structlog
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -44,6 +48,17 @@ async def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(status_code, exc.detail, headers)
 
 
+def _json_safe_float(value: float) -> float | str:
+    return value if math.isfinite(value) else str(value)
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422 shape, but an echoed input such as `1e400` (inf) cannot break the JSON."""
+    assert isinstance(exc, RequestValidationError)
+    errors = jsonable_encoder(exc.errors(), custom_encoder={float: _json_safe_float})
+    return JSONResponse({"detail": errors}, status_code=422)
+
+
 async def _infrastructure_error(request: Request, exc: Exception) -> JSONResponse:
     if is_database_unavailable(exc):
         log.warning("database_unavailable", error=type(exc).__name__, path=request.url.path)
@@ -54,6 +69,7 @@ async def _infrastructure_error(request: Request, exc: Exception) -> JSONRespons
 
 def register_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DomainError, _domain_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
     # An outage surfaces as a driver error, a pool timeout or a socket error;
     # `is_database_unavailable` tells it from a bug.
     for exc_type in (DBAPIError, PoolTimeoutError, OSError):

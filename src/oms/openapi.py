@@ -12,6 +12,7 @@ class ErrorOut(BaseModel):
 
 
 _DESCRIPTIONS = {
+    400: "The body could not be parsed",
     401: "Missing, invalid or expired credentials",
     403: "The resource belongs to another user",
     404: "Not found",

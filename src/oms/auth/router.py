@@ -2,12 +2,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Depends, status
-from fastapi.security import OAuth2PasswordRequestForm
+from fastapi import Form, status
 
 from oms.auth import service
 from oms.auth.dependencies import Hasher
-from oms.auth.schemas import RegisterIn, TokenOut, UserOut
+from oms.auth.schemas import LoginForm, RegisterIn, TokenOut, UserOut
 from oms.auth.tokens import create_access_token
 from oms.db import DbSession
 from oms.dependencies import AppSettings
@@ -21,7 +20,7 @@ router = SlashOptionalRouter(tags=["auth"])
     "/register/",
     status_code=status.HTTP_201_CREATED,
     response_model=UserOut,
-    responses=error_responses(409, 413, 422, 429, 503),
+    responses=error_responses(400, 409, 413, 422, 429, 503),
     summary="Create a user",
 )
 async def register(body: RegisterIn, session: DbSession, hasher: Hasher) -> Any:
@@ -31,11 +30,11 @@ async def register(body: RegisterIn, session: DbSession, hasher: Hasher) -> Any:
 @router.post(
     "/token/",
     response_model=TokenOut,
-    responses=error_responses(401, 413, 422, 429, 503),
+    responses=error_responses(400, 401, 413, 422, 429, 503),
     summary="Log in (OAuth2 password flow); `username` is the email",
 )
 async def login(
-    form: Annotated[OAuth2PasswordRequestForm, Depends()],
+    form: Annotated[LoginForm, Form()],
     session: DbSession,
     hasher: Hasher,
     settings: AppSettings,

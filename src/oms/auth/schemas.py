@@ -5,12 +5,23 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field
 
+from oms.validation import NO_NUL
+
 
 class RegisterIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     email: EmailStr = Field(max_length=254, examples=["alice@example.com"])
-    password: str = Field(min_length=8, max_length=128, examples=["correct horse battery"])
+    password: str = Field(
+        min_length=8, max_length=128, pattern=NO_NUL, examples=["correct horse battery"]
+    )
+
+
+class LoginForm(BaseModel):
+    """The OAuth2 password grant's fields (other form fields, like `scope`, are ignored)."""
+
+    username: str = Field(min_length=1, max_length=320, pattern=NO_NUL, description="The email")
+    password: str = Field(min_length=1, max_length=128, pattern=NO_NUL)
 
 
 class UserOut(BaseModel):

@@ -37,7 +37,7 @@ IdempotencyKeyHeader = Annotated[
     "/",
     status_code=status.HTTP_201_CREATED,
     response_model=OrderOut,
-    responses=error_responses(401, 409, 413, 422, 429, 503),
+    responses=error_responses(400, 401, 409, 413, 422, 429, 503),
     summary="Create an order",
 )
 async def create_order(
@@ -70,7 +70,7 @@ async def get_order(
 @router.patch(
     "/{order_id}/",
     response_model=OrderOut,
-    responses=error_responses(401, 403, 404, 409, 413, 422, 429, 503),
+    responses=error_responses(400, 401, 403, 404, 409, 413, 422, 429, 503),
     summary="Change an order's status",
 )
 async def update_order_status(

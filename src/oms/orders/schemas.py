@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from datetime import datetime
 from decimal import Decimal
@@ -18,6 +19,7 @@ from pydantic import (
 )
 
 from oms.orders.models import Order, OrderStatus
+from oms.validation import NO_NUL
 
 MAX_TOTAL = Decimal("99999999.99")  # NUMERIC(10,2)
 MAX_ITEMS = 100
@@ -33,14 +35,20 @@ Money = Annotated[
 class OrderItem(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    product_id: str | None = Field(default=None, min_length=1, max_length=64, examples=["SKU-1"])
-    name: str | None = Field(default=None, min_length=1, max_length=200, examples=["Widget"])
+    product_id: str | None = Field(
+        default=None, min_length=1, max_length=64, pattern=NO_NUL, examples=["SKU-1"]
+    )
+    name: str | None = Field(
+        default=None, min_length=1, max_length=200, pattern=NO_NUL, examples=["Widget"]
+    )
     quantity: int = Field(strict=True, ge=1, le=10_000, examples=[2])
     price: Annotated[Money, Field(gt=0, examples=[9.99])]
 
     @field_validator("product_id", mode="before")
     @classmethod
     def _number_as_string(cls, value: object) -> object:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("product_id must be a string or a finite number")
         if isinstance(value, int | float) and not isinstance(value, bool):
             return str(value)
         return value

@@ -1,0 +1,82 @@
+"""Running `oms` roles as real processes for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import TEST_SECRET
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def oms_environment(database_url: str, **overrides: str) -> dict[str, str]:
+    """A clean environment for an `oms` process: explicit values, nothing inherited but PATH."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "APP_ENV": "test",
+        "SECRET_KEY": TEST_SECRET,
+        "DATABASE_URL": database_url,
+        "LOG_FORMAT": "json",
+        **overrides,
+    }
+
+
+@dataclass(frozen=True)
+class RunningApi:
+    url: str
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@contextmanager
+def running_api(env: dict[str, str], workers: int = 1) -> Iterator[RunningApi]:
+    """`oms api` on a free port, its output in a file; yields once /health answers."""
+    port = free_port()
+    log_path = Path(tempfile.mkstemp(prefix="oms-api-", suffix=".log")[1])
+    log_file = log_path.open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "oms.cli", "api", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", str(workers)],
+        env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"oms api did not start:\n{log_path.read_text()}")
+            time.sleep(0.1)
+        yield RunningApi(base_url, log_path)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log_file.close()
+        log_path.unlink(missing_ok=True)
