@@ -32,7 +32,9 @@ def _dev(settings: Settings, args: argparse.Namespace) -> int:
 
     migrate.upgrade(settings.database_url)
     print(f"OMS dev server: http://{args.host}:{args.port}/docs", file=sys.stderr)
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None)
+    uvicorn.run(
+        create_app(settings), host=args.host, port=args.port, log_config=None, access_log=False
+    )
     return 0
 
 
