@@ -175,3 +175,14 @@ def test_oms_probe_reports_the_api_state(api: RunningApi) -> None:
 
     assert ready.returncode == 0
     assert missing.returncode == 1
+
+
+def test_sigterm_stops_every_worker_with_exit_code_zero(api: RunningApi) -> None:
+    """Runs last in this module: it stops the shared server."""
+    api.process.send_signal(signal.SIGTERM)
+
+    assert api.process.wait(timeout=30) == 0
+    events = [line["event"] for line in api.log_lines()]
+    assert events.count("Application shutdown complete.") == 2
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{api.base_url}/health", timeout=1)
