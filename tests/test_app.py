@@ -31,6 +31,7 @@ async def test_openapi_lists_canonical_paths_only(client: httpx.AsyncClient) -> 
     assert set(schema["paths"]) == {
         "/health",
         "/health/ready",
+        "/metrics",
         "/register/",
         "/token/",
         "/orders/",

@@ -57,6 +57,7 @@ OPERATIONS = [
     ("GET", "/orders/user/{user_id}/"),
     ("GET", "/health"),
     ("GET", "/health/ready"),
+    ("GET", "/metrics"),
 ]
 
 

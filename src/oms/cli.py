@@ -1,52 +1,109 @@
-"""The `oms` command: one entry point for every role."""
+"""The `oms` command: one entry point for every role.
+
+Heavy modules are imported by the subcommand that needs them: `oms probe` runs as a container
+health check every few seconds and must start fast.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
+import os
 import sys
+import urllib.request
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 
-import uvicorn
 from pydantic import ValidationError
 
-from oms import migrate
 from oms.config import Settings, get_settings
 from oms.logging import configure_logging
+
+CHECK_TIMEOUT_SECONDS = 3.0
 
 
 def _dev(settings: Settings, args: argparse.Namespace) -> int:
     """Everything in one process with embedded defaults, for a first look."""
+    import uvicorn
+
+    from oms import migrate
     from oms.main import create_app
 
     migrate.upgrade(settings.database_url)
     print(f"OMS dev server: http://{args.host}:{args.port}/docs", file=sys.stderr)
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None)
-    return 0
-
-
-def _api(settings: Settings, args: argparse.Namespace) -> int:
     uvicorn.run(
-        "oms.main:create_app_from_env",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        loop="uvloop",
-        http="httptools",
-        proxy_headers=True,
-        forwarded_allow_ips=",".join(settings.forwarded_allow_ips),
-        timeout_graceful_shutdown=20,
-        log_config=None,
+        create_app(settings), host=args.host, port=args.port, log_config=None, access_log=False
     )
     return 0
 
 
+def _api(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from oms.metrics import MULTIPROC_DIR_ENV, multiprocess_directory
+
+    # Several workers share their metrics through files; the directory must exist before they
+    # start (they inherit the variable) and is emptied so a restart starts from zero.
+    shared_metrics = args.workers > 1 or bool(os.environ.get(MULTIPROC_DIR_ENV))
+    with multiprocess_directory() if shared_metrics else nullcontext():
+        uvicorn.run(
+            "oms.main:create_app_from_env",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            loop="uvloop",
+            http="httptools",
+            proxy_headers=True,
+            forwarded_allow_ips=",".join(settings.forwarded_allow_ips),
+            timeout_graceful_shutdown=20,
+            log_config=None,
+            access_log=False,  # AccessLogMiddleware writes one line per request instead
+        )
+    return 0
+
+
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from oms import migrate
+
     if args.downgrade:
         migrate.downgrade(settings.database_url, args.downgrade)
     else:
         migrate.upgrade(settings.database_url, args.revision)
     return 0
+
+
+def _check(settings: Settings, args: argparse.Namespace) -> int:
+    from oms import check
+
+    # The table reports connection failures; aiormq would also log each one as an error.
+    for noisy in ("aiormq", "aio_pika"):
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
+    results = asyncio.run(check.run_checks(settings, timeout_seconds=args.timeout))
+    sys.stdout.write(check.format_table(results))
+    return check.exit_code(results)
+
+
+def _probe(settings: Settings | None, args: argparse.Namespace) -> int:
+    """A container health check: 0 when the URL answers 2xx within the timeout."""
+    if not args.url.startswith(("http://", "https://")):
+        print("oms probe: the URL must be http:// or https://", file=sys.stderr)
+        return 2
+    try:
+        with urllib.request.urlopen(args.url, timeout=args.timeout) as response:  # noqa: S310
+            status: int = response.status
+    except OSError as error:
+        print(f"oms probe: {args.url}: {error}", file=sys.stderr)
+        return 1
+    return 0 if 200 <= status < 300 else 1
+
+
+def _positive_seconds(value: str) -> float:
+    seconds = float(value)
+    if not 0 < seconds <= 60:
+        raise argparse.ArgumentTypeError("must be between 0 and 60 seconds")
+    return seconds
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,11 +129,32 @@ def _parser() -> argparse.ArgumentParser:
     mig.add_argument("revision", nargs="?", default="head")
     mig.add_argument("--downgrade", metavar="REVISION", help="downgrade to REVISION instead")
     mig.set_defaults(handler=_migrate)
+
+    chk = commands.add_parser(
+        "check", help="try every configured dependency and print a table (exit 1 if one fails)"
+    )
+    chk.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=CHECK_TIMEOUT_SECONDS,
+        help="seconds each dependency has to answer (default %(default)s)",
+    )
+    chk.set_defaults(handler=_check)
+
+    probe = commands.add_parser(
+        "probe", help="exit 0 when an HTTP URL answers 2xx (container health checks)"
+    )
+    probe.add_argument("url")
+    probe.add_argument("--timeout", type=_positive_seconds, default=3.0)
+    # Needs no settings: a health check must not depend on parsing the configuration.
+    probe.set_defaults(handler=_probe, needs_settings=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if not getattr(args, "needs_settings", True):
+        return int(args.handler(None, args))
     try:
         settings = get_settings()
     except ValidationError as exc:

@@ -16,7 +16,8 @@ from oms.errors import register_error_handlers
 from oms.health import database_check
 from oms.health import router as health_router
 from oms.logging import configure_logging
-from oms.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from oms.metrics import router as metrics_router
+from oms.middleware import AccessLogMiddleware, BodySizeLimitMiddleware, RequestIdMiddleware
 from oms.orders.router import router as orders_router
 
 DESCRIPTION = """
@@ -56,8 +57,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     register_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    # Added last = outermost: the access line and metrics cover 413s too, and see the request id.
+    app.add_middleware(AccessLogMiddleware)
     app.add_middleware(RequestIdMiddleware)
     app.include_router(health_router)
+    app.include_router(metrics_router)
     app.include_router(auth_router)
     app.include_router(orders_router)
     return app

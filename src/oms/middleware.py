@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 import uuid
 
 import structlog
@@ -10,8 +11,14 @@ from starlette.datastructures import MutableHeaders
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from oms.metrics import UNMATCHED_ROUTE, observe_http_request
+
 REQUEST_ID_HEADER = "X-Request-ID"
+# Anything else (control characters, 10 kB values) is replaced, never logged nor echoed.
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_MAX_LOGGED_PATH = 200
+
+access_logger = structlog.get_logger("oms.access")
 
 
 class RequestIdMiddleware:
@@ -41,6 +48,70 @@ def _incoming_request_id(scope: Scope) -> str | None:
             candidate = value.decode("latin-1")
             return candidate if _VALID_REQUEST_ID.match(candidate) else None
     return None
+
+
+class AccessLogMiddleware:
+    """One access log line and one metrics observation per HTTP request.
+
+    Sits inside `RequestIdMiddleware` so the line carries the request id. Labels use the route
+    template (`/orders/{order_id}/`), never the raw path.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        # Stays 500 when the app raises before answering: Starlette's outer error handler
+        # then sends the 500 without passing through here.
+        status = 500
+
+        async def send_recording_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_recording_status)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = route_template(scope)
+            method: str = scope["method"]
+            observe_http_request(method, route, status, elapsed)
+            extra = {} if route != UNMATCHED_ROUTE else {"path": _loggable_path(scope)}
+            client = scope.get("client")
+            access_logger.info(
+                "http_request",
+                method=method,
+                route=route,
+                status=status,
+                latency_ms=round(elapsed * 1000, 2),
+                client=client[0] if client else None,
+                **extra,
+            )
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route's path template, or one label for everything unmatched."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    if isinstance(path, str):
+        return path
+    # FastAPI's own pages (/docs, /openapi.json) match without setting `route`; they have no
+    # path parameters, so their path is their template.
+    if scope.get("endpoint") is not None and not scope.get("path_params"):
+        static_path: str = scope["path"]
+        return static_path
+    return UNMATCHED_ROUTE
+
+
+def _loggable_path(scope: Scope) -> str:
+    path: str = scope["path"][:_MAX_LOGGED_PATH]
+    return path if path.isprintable() else path.encode("unicode_escape").decode("ascii")
 
 
 class BodySizeLimitMiddleware:

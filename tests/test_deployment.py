@@ -1,0 +1,157 @@
+"""What ships: the wheel (with its migrations), the image recipe, the compose file, .env.example."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from oms.config import Settings
+from tests.support.services import service_unavailable
+
+ROOT = Path(__file__).resolve().parents[1]
+OMS_ROLES = ("migrate", "api", "relay", "consumer", "worker")
+COMPOSE_ENV = {
+    "OMS_ENV_FILE": ".env.example",
+    "POSTGRES_PASSWORD": "test-placeholder",
+    "RABBITMQ_PASSWORD": "test-placeholder",
+}
+
+
+def _tool(name: str) -> str:
+    found = shutil.which(name) or next(
+        (str(path) for path in (ROOT / ".tools" / "bin" / name,) if path.exists()), None
+    )
+    if found is None:
+        service_unavailable(name, FileNotFoundError(f"{name} is not installed"))
+    assert found is not None
+    return found
+
+
+def _docker_compose(*args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
+    binary = _tool("docker-compose")
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("POSTGRES_", "RABBITMQ_", "COMPOSE_"))
+    }
+    return subprocess.run(
+        [binary, "-f", "docker-compose.yml", *args],
+        cwd=ROOT,
+        env={**env, **COMPOSE_ENV, **extra_env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_compose_file_validates() -> None:
+    result = _docker_compose("config", "-q")
+    assert result.returncode == 0, result.stderr
+
+
+def test_compose_refuses_to_start_without_generated_passwords() -> None:
+    result = _docker_compose("config", "-q", POSTGRES_PASSWORD="")
+    assert result.returncode != 0
+    assert "set POSTGRES_PASSWORD in .env" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    result = _docker_compose("config")
+    assert result.returncode == 0, result.stderr
+    config: dict[str, Any] = yaml.safe_load(result.stdout)
+    return config
+
+
+def test_every_role_runs_a_tested_command_after_migrating(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    # The suite runs each of these as a plain process (migrate and api --workers 2 here).
+    assert {role: services[role]["command"] for role in OMS_ROLES} == {
+        "migrate": ["migrate"],
+        "api": ["api", "--workers", "2"],
+        "relay": ["relay"],
+        "consumer": ["consumer"],
+        "worker": ["worker"],
+    }
+    assert services["migrate"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    for role in OMS_ROLES[1:]:
+        assert services[role]["depends_on"]["migrate"] == {
+            "condition": "service_completed_successfully"
+        }
+        assert services[role]["healthcheck"]["test"][:3] == ["CMD", "oms", "probe"]
+    for backend in ("postgres", "redis", "rabbitmq"):
+        assert services[backend]["healthcheck"]["test"]
+    assert services["api"]["healthcheck"]["test"][-1].endswith("/health/ready")
+    assert "management" in services["rabbitmq"]["image"]
+    assert set(compose["volumes"]) == {"postgres-data", "redis-data", "rabbitmq-data"}
+
+
+def test_cache_and_celery_broker_use_separate_redis_databases(compose: dict[str, Any]) -> None:
+    environment = compose["services"]["worker"]["environment"]
+    assert environment["REDIS_URL"] == "redis://redis:6379/0"
+    assert environment["CELERY_BROKER_URL"] == "redis://redis:6379/1"
+
+
+def _documented_variables() -> set[str]:
+    text = (ROOT / ".env.example").read_text()
+    return set(re.findall(r"^#? ?([A-Z][A-Z0-9_]+)=", text, flags=re.MULTILINE))
+
+
+def test_env_example_documents_every_setting() -> None:
+    settings = {name.upper() for name in Settings.model_fields}
+    assert settings - _documented_variables() == set()
+
+
+def test_env_example_holds_no_usable_secret() -> None:
+    assigned = dict(
+        re.findall(r"^([A-Z][A-Z0-9_]+)=(.*)$", (ROOT / ".env.example").read_text(), re.M)
+    )
+    for name in ("SECRET_KEY", "POSTGRES_PASSWORD", "RABBITMQ_PASSWORD"):
+        assert name not in assigned
+    with pytest.raises(ValidationError, match="SECRET_KEY"):
+        Settings(_env_file=ROOT / ".env.example", app_env="production")  # type: ignore[call-arg]
+
+
+def test_the_wheel_ships_the_migrations(tmp_path: Path) -> None:
+    """The image installs the wheel, not the checkout: `oms migrate` needs the scripts inside."""
+    uv = _tool("uv")
+    subprocess.run(
+        [uv, "build", "--wheel", "--out-dir", str(tmp_path), "--quiet"],
+        cwd=ROOT,
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
+    [wheel] = tmp_path.glob("oms-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+
+    assert {"oms/_migrations/env.py", "oms/_migrations/script.py.mako"} <= names
+    versions = {Path(name).name for name in names if name.startswith("oms/_migrations/versions/")}
+    assert versions == {path.name for path in (ROOT / "migrations" / "versions").glob("*.py")}
+    assert not any("__pycache__" in name for name in names)
+
+
+def test_the_image_runs_as_a_non_root_user_from_the_lock_file() -> None:
+    """Checked statically: no Docker engine runs here (the wheel test covers what it installs)."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    stages = re.findall(r"^FROM (\S+)(?: AS (\w+))?", dockerfile, flags=re.M)
+    instructions = re.findall(r"^([A-Z]+) (.*)$", dockerfile, flags=re.M)
+    runtime = dockerfile.split("AS runtime", 1)[1]
+
+    assert [name for _, name in stages] == ["uv", "build", "runtime"]
+    assert "uv sync --locked --no-dev --no-editable" in dockerfile
+    assert re.search(r"^USER (?!root|0\b)\S+", runtime, flags=re.M)
+    assert "HEALTHCHECK" in runtime
+    assert 'CMD ["oms", "probe", "http://127.0.0.1:8000/health"]' in runtime
+    assert re.search(r'^ENTRYPOINT \["oms"\]', runtime, flags=re.M)
+    assert not [args for verb, args in instructions if verb in {"ENV", "ARG"} and "SECRET" in args]
+    assert "COPY --from=build /opt/oms /opt/oms" in runtime
