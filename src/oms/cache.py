@@ -8,6 +8,7 @@ dropped, and the service answers from the database.
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from collections import OrderedDict
@@ -17,7 +18,7 @@ import structlog
 from fastapi import Depends, Request
 from prometheus_client import Counter
 
-from oms.redis import FallbackReason, RedisGuard, RedisUnavailableError
+from oms.redis import RedisGuard, RedisUnavailableError
 
 log = structlog.get_logger(__name__)
 
@@ -96,71 +97,65 @@ class InMemoryOrderCache:
 class RedisOrderCache:
     """The shared cache in Redis (layout above). Never raises: Redis trouble is a miss."""
 
-    # Orders whose write was lost in an outage, invalidated once Redis answers again so an
-    # older cached state does not outlive the outage.
+    # Orders whose write was lost in an outage. Until Redis has dropped their entries, they
+    # are not read from it: an older cached state must not outlive the outage.
     MAX_UNWRITTEN = 10_000
 
     def __init__(self, guard: RedisGuard, ttl_seconds: int) -> None:
         self._guard = guard
         self._ttl = ttl_seconds
         self._put_if_newer = guard.client.register_script(PUT_IF_NEWER_LUA)
-        self._unwritten: OrderedDict[uuid.UUID, None] = OrderedDict()
+        self._unwritten: OrderedDict[uuid.UUID, int] = OrderedDict()
+        self._failed_writes = itertools.count()
 
     async def get(self, order_id: uuid.UUID) -> bytes | None:
         try:
+            if self._unwritten:
+                await self._invalidate_unwritten()
             body = await self._guard.run(lambda: self._read(cache_key(order_id)))
         except RedisUnavailableError as unavailable:
-            self._fell_back("get", unavailable.reason)
+            CACHE_FALLBACKS.labels(operation="get", reason=unavailable.reason).inc()
             return None
         (CACHE_MISSES if body is None else CACHE_HITS).inc()
-        if self._unwritten:
-            await self._invalidate_unwritten()
         return body
 
     async def put(self, order_id: uuid.UUID, body: bytes, version: int) -> None:
         keys = [cache_key(order_id), version_key(order_id)]
         try:
+            if self._unwritten:
+                await self._invalidate_unwritten()
             await self._guard.run(
                 lambda: self._put_if_newer(keys=keys, args=[body, version, self._ttl])
             )
         except RedisUnavailableError as unavailable:
-            self._fell_back("put", unavailable.reason)
+            CACHE_FALLBACKS.labels(operation="put", reason=unavailable.reason).inc()
             self._remember_unwritten(order_id)
-            return
-        if self._unwritten:
-            await self._invalidate_unwritten()
+
+    async def close(self) -> None:
+        """Nothing of its own to close: the lifespan owns the Redis client."""
 
     async def _read(self, key: str) -> bytes | None:
         value = await self._guard.client.get(key)
         # The client does not decode responses, so this is bytes; a str would be re-encoded.
         return value.encode() if isinstance(value, str) else value
 
-    async def close(self) -> None:
-        """Nothing of its own to close: the lifespan owns the Redis client."""
-
-    def _fell_back(self, operation: str, reason: FallbackReason) -> None:
-        CACHE_FALLBACKS.labels(operation=operation, reason=reason).inc()
-
     def _remember_unwritten(self, order_id: uuid.UUID) -> None:
-        self._unwritten[order_id] = None
+        self._unwritten[order_id] = next(self._failed_writes)
         self._unwritten.move_to_end(order_id)
         if len(self._unwritten) > self.MAX_UNWRITTEN:
             self._unwritten.popitem(last=False)
             log.warning("cache_invalidation_list_full", kept=self.MAX_UNWRITTEN)
 
     async def _invalidate_unwritten(self) -> None:
-        order_ids = list(self._unwritten)
-        self._unwritten.clear()
-        keys = [
-            key for order_id in order_ids for key in (cache_key(order_id), version_key(order_id))
-        ]
-        try:
-            await self._guard.run(lambda: self._guard.client.unlink(*keys))
-        except RedisUnavailableError:
-            for order_id in order_ids:
-                self._remember_unwritten(order_id)
-            return
-        log.info("cache_entries_invalidated_after_outage", count=len(order_ids))
+        """Drop the entries of every unwritten order; raises RedisUnavailableError if Redis
+        cannot. Concurrent callers may each send the (idempotent) UNLINK: none reads first."""
+        pending = dict(self._unwritten)
+        keys = [key for order_id in pending for key in (cache_key(order_id), version_key(order_id))]
+        await self._guard.run(lambda: self._guard.client.unlink(*keys))
+        for order_id, failure in pending.items():
+            if self._unwritten.get(order_id) == failure:  # not failed again meanwhile
+                del self._unwritten[order_id]
+        log.info("cache_entries_invalidated_after_outage", count=len(pending))
 
 
 def get_order_cache(request: Request) -> OrderCache:
