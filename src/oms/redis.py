@@ -9,6 +9,7 @@ call probe whether it is back. The outage is logged once when it starts and once
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import time
 from collections.abc import Awaitable, Callable
@@ -144,12 +145,21 @@ class RedisGuard:
                 result = await operation()
         except REDIS_ERRORS as error:
             self.breaker.record_failure(admission, error)
+            await self._drop_idle_connections()
             raise RedisUnavailableError("error") from error
         except BaseException:
             self.breaker.record_abandoned(admission)
             raise
         self.breaker.record_success(admission)
+        if admission is Admission.PROBE:
+            await self._drop_idle_connections()
         return result
+
+    async def _drop_idle_connections(self) -> None:
+        """Pooled connections opened before a restart or outage are dead; each would fail
+        once (and re-open the breaker) when next used, so close them all now."""
+        with contextlib.suppress(*REDIS_ERRORS):
+            await self.client.connection_pool.disconnect(inuse_connections=False)
 
     async def ping(self) -> None:
         """Readiness probe: asks Redis directly, whatever the breaker thinks (the socket
