@@ -67,10 +67,11 @@ async def test_over_the_limit_is_429_with_retry_after_and_ratelimit_headers(
     assert [r.status_code for r in allowed] == [200] * LIMIT
     assert [r.headers["RateLimit-Remaining"] for r in allowed] == ["2", "1", "0"]
     assert all(r.headers["RateLimit-Limit"] == str(LIMIT) for r in allowed)
-    assert all(0 <= int(r.headers["RateLimit-Reset"]) <= 60 for r in allowed)
+    # The oldest request of the window leaves it 60 s after it was made, freeing a slot.
+    assert all(50 < int(r.headers["RateLimit-Reset"]) <= 60 for r in allowed)
     assert refused.status_code == 429
     assert refused.json()["detail"].startswith("Rate limit exceeded")
-    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert 50 < int(refused.headers["Retry-After"]) <= 60
     assert refused.headers["RateLimit-Limit"] == str(LIMIT)
     assert refused.headers["RateLimit-Remaining"] == "0"
     assert rejections("client") == before + 1

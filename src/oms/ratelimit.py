@@ -1,8 +1,11 @@
-"""Rate limiting (SPEC 2.4) with the `limits` library and a sliding window counter.
+"""Rate limiting (SPEC 2.4) with the `limits` library and a moving window.
 
-Counters live in Redis so replicas share them; they reuse the process's Redis connection pool
-and go through its circuit breaker. When Redis cannot answer, the same limits are enforced by a
-per-process in-memory window instead: a limiter outage never becomes a 500.
+The moving window keeps one timestamp per request in the window (at most the limit), so the
+headers are exact: `RateLimit-Reset` and `Retry-After` say when the oldest request leaves the
+window and frees a slot. The windows live in Redis so replicas share them; they reuse the
+process's Redis connection pool and go through its circuit breaker. When Redis cannot answer,
+the same limits are enforced by a per-process in-memory window instead: a limiter outage never
+becomes a 500.
 
 Two FastAPI dependencies attach the limits to routers: `limit_per_client` (RATE_LIMIT_TIMES per
 RATE_LIMIT_SECONDS per client per route; the client is the verified JWT subject when a valid
@@ -23,8 +26,8 @@ import structlog
 from fastapi import Request
 from limits import RateLimitItem, RateLimitItemPerSecond, parse
 from limits.aio.storage import MemoryStorage, RedisStorage
+from limits.aio.strategies import MovingWindowRateLimiter
 from limits.aio.strategies import RateLimiter as WindowLimiter
-from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from prometheus_client import Counter
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -90,7 +93,7 @@ class RateLimiter:
         }
         self._guard = guard
         self._memory_storage = MemoryStorage()
-        self._memory = SlidingWindowCounterRateLimiter(self._memory_storage)
+        self._memory = MovingWindowRateLimiter(self._memory_storage)
         self._shared: WindowLimiter | None = None
         if guard is not None:
             # The URI only selects redis-py; connections come from the shared pool.
@@ -101,7 +104,7 @@ class RateLimiter:
                 # Documented option; limits types **options as scalars only.
                 connection_pool=guard.client.connection_pool,  # type: ignore[arg-type]
             )
-            self._shared = SlidingWindowCounterRateLimiter(storage)
+            self._shared = MovingWindowRateLimiter(storage)
 
     async def hit(self, name: LimitName, *identifiers: str) -> RateLimitDecision:
         item = self.limits[name]
