@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.password_hasher = hasher
         app.state.order_cache = cache
         app.state.rate_limiter = limiter
+        app.state.redis = redis  # RedisGuard | None: the one client, for anything else needing it
         app.state.readiness_checks = checks
         try:
             yield
