@@ -150,9 +150,14 @@ class RedisGuard:
         except BaseException:
             self.breaker.record_abandoned(admission)
             raise
-        self.breaker.record_success(admission)
         if admission is Admission.PROBE:
-            await self._drop_idle_connections()
+            # Before the breaker closes, or other calls could take a dead connection first.
+            try:
+                await self._drop_idle_connections()
+            finally:
+                self.breaker.record_success(admission)
+        else:
+            self.breaker.record_success(admission)
         return result
 
     async def _drop_idle_connections(self) -> None:
