@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from oms import migrate
 from oms.config import Settings
 from oms.main import create_app
-from tests.support.services import fresh_postgres_database
+from tests.support.services import claimed_redis_database, fresh_postgres_database
 
 TEST_SECRET = secrets.token_urlsafe(48)
 PASSWORD = "correct horse battery"
@@ -42,12 +42,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def make_settings(database_url: str, **overrides: Any) -> Settings:
-    """Settings for a test app: explicit values only, no `.env`, a random secret."""
+    """Settings for a test app: explicit values only, no `.env`, a random secret. The suite
+    creates users and requests faster than the real limits allow, so they are raised unless a
+    test sets its own (tests/test_ratelimit.py)."""
     values: dict[str, Any] = {
         "app_env": "test",
         "secret_key": TEST_SECRET,
         "database_url": database_url,
         "log_format": "json",
+        "rate_limit_times": 1_000_000,
+        "auth_rate_limit": "1000000/minute",
         **overrides,
     }
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
@@ -75,8 +79,18 @@ def database_url(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
-def settings(database_url: str) -> Settings:
-    return make_settings(database_url)
+def redis_url() -> Iterator[str]:
+    """A Redis database of the shared server for this run only (see claimed_redis_database)."""
+    with claimed_redis_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def settings(request: pytest.FixtureRequest, database_url: str) -> Settings:
+    """SQLite runs embedded (in-process cache and limiter); PostgreSQL with the real Redis."""
+    if database_url.startswith("sqlite"):
+        return make_settings(database_url)
+    return make_settings(database_url, redis_url=request.getfixturevalue("redis_url"))
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
+from oms.config import Settings
 from oms.main import create_app
 from tests.conftest import ITEM, ApiUser, create_order, make_settings, register_and_login
 from tests.support.tcp_proxy import TcpProxy
@@ -20,10 +21,11 @@ async def test_health(client: httpx.AsyncClient) -> None:
     assert response.json() == {"status": "ok"}
 
 
-async def test_ready_reports_the_database(client: httpx.AsyncClient) -> None:
+async def test_ready_reports_each_dependency(client: httpx.AsyncClient, settings: Settings) -> None:
     response = await client.get("/health/ready")
+    expected = {"database": "ok"} | ({"redis": "ok"} if settings.redis_url else {})
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "dependencies": {"database": "ok"}}
+    assert response.json() == {"status": "ok", "dependencies": expected}
 
 
 async def test_openapi_lists_canonical_paths_only(client: httpx.AsyncClient) -> None:

@@ -33,7 +33,13 @@ def _dev(settings: Settings, args: argparse.Namespace) -> int:
     migrate.upgrade(settings.database_url)
     print(f"OMS dev server: http://{args.host}:{args.port}/docs", file=sys.stderr)
     uvicorn.run(
-        create_app(settings), host=args.host, port=args.port, log_config=None, access_log=False
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        proxy_headers=True,  # the rate limiter's client IP, from FORWARDED_ALLOW_IPS only
+        forwarded_allow_ips=",".join(settings.forwarded_allow_ips),
+        log_config=None,
+        access_log=False,  # AccessLogMiddleware writes one line per request instead
     )
     return 0
 

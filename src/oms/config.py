@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Annotated, Literal
 
+import limits
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -37,6 +38,9 @@ class Settings(BaseSettings):
 
     redis_url: str | None = None
     redis_timeout_seconds: float = Field(0.1, gt=0, le=10)
+    redis_max_connections: int = Field(64, ge=1, le=10_000)
+    # After a Redis failure, calls skip Redis this long before one call probes it again.
+    redis_breaker_cooldown_seconds: float = Field(1.0, gt=0, le=300)
     celery_broker_url: str | None = None
     rabbitmq_url: str | None = None
 
@@ -45,6 +49,7 @@ class Settings(BaseSettings):
     rate_limit_seconds: int = Field(60, ge=1)
     auth_rate_limit: str = "10/minute"
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    cors_allow_credentials: bool = False
     forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["127.0.0.1"]
     )
@@ -78,6 +83,22 @@ class Settings(BaseSettings):
     def _upper_log_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value or None
+
+    @field_validator("auth_rate_limit")
+    @classmethod
+    def _rate_limit_expression(cls, value: str) -> str:
+        try:
+            limits.parse(value)
+        except ValueError as exc:
+            raise ValueError("must look like '10/minute' or '5 per 10 seconds'") from exc
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _async_driver(cls, value: str) -> str:
@@ -97,6 +118,15 @@ class Settings(BaseSettings):
             )
         if len(set(secret)) < 16:
             raise ValueError("SECRET_KEY looks like a placeholder: it is not random enough")
+        return self
+
+    @model_validator(mode="after")
+    def _no_wildcard_origin_with_credentials(self) -> Settings:
+        if "*" in self.cors_origins and self.cors_allow_credentials:
+            raise ValueError(
+                "CORS_ORIGINS='*' cannot be combined with CORS_ALLOW_CREDENTIALS=true: "
+                "list the allowed origins explicitly"
+            )
         return self
 
     @property

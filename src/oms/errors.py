@@ -21,6 +21,7 @@ from oms.exceptions import (
     PermissionDeniedError,
     UnprocessableError,
 )
+from oms.ratelimit import RateLimitExceededError
 
 log = structlog.get_logger(__name__)
 
@@ -67,9 +68,21 @@ async def _infrastructure_error(request: Request, exc: Exception) -> JSONRespons
     return error_response(500, "Internal server error")
 
 
+async def _rate_limited(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RateLimitExceededError)
+    # The RateLimit-* headers come from RateLimitHeadersMiddleware, as on every limited route.
+    retry_after = exc.decision.retry_after_seconds
+    return error_response(
+        429,
+        f"Rate limit exceeded; retry in {retry_after} s",
+        {"Retry-After": str(retry_after)},
+    )
+
+
 def register_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(RateLimitExceededError, _rate_limited)
     # An outage surfaces as a driver error, a pool timeout or a socket error;
     # `is_database_unavailable` tells it from a bug.
     for exc_type in (DBAPIError, PoolTimeoutError, OSError):

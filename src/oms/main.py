@@ -5,20 +5,28 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from oms.auth.passwords import PasswordHasher
 from oms.auth.router import router as auth_router
-from oms.cache import InMemoryOrderCache
+from oms.cache import InMemoryOrderCache, OrderCache, RedisOrderCache
 from oms.config import Settings, get_settings
+from oms.cors import add_cors
 from oms.db import create_engine, create_sessionmaker
 from oms.errors import register_error_handlers
-from oms.health import database_check
+from oms.health import DependencyCheck, database_check
 from oms.health import router as health_router
 from oms.logging import configure_logging
 from oms.metrics import router as metrics_router
 from oms.middleware import AccessLogMiddleware, BodySizeLimitMiddleware, RequestIdMiddleware
 from oms.orders.router import router as orders_router
+from oms.ratelimit import (
+    RateLimiter,
+    RateLimitHeadersMiddleware,
+    limit_auth_per_ip,
+    limit_per_client,
+)
+from oms.redis import RedisGuard, create_redis_client
 
 DESCRIPTION = """
 Order management service. Register, obtain a bearer token from `/token/` (OAuth2 password
@@ -33,17 +41,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings)
         hasher = PasswordHasher(settings)
-        cache = InMemoryOrderCache(settings.cache_ttl_seconds)
+        checks = [database_check(engine)]
+        # Redis when configured (shared by replicas), else in-process (embedded mode).
+        redis = RedisGuard(create_redis_client(settings), settings) if settings.redis_url else None
+        cache: OrderCache
+        if redis is None:
+            cache = InMemoryOrderCache(settings.cache_ttl_seconds)
+        else:
+            cache = RedisOrderCache(redis, settings.cache_ttl_seconds)
+            checks.append(DependencyCheck("redis", redis.ping, critical=False))
+        limiter = RateLimiter(settings, redis)
         app.state.settings = settings
         app.state.engine = engine
         app.state.sessionmaker = create_sessionmaker(engine)
         app.state.password_hasher = hasher
         app.state.order_cache = cache
-        app.state.readiness_checks = [database_check(engine)]
+        app.state.rate_limiter = limiter
+        app.state.redis = redis  # RedisGuard | None: the one client, for anything else needing it
+        app.state.readiness_checks = checks
         try:
             yield
         finally:
             await cache.close()
+            await limiter.close()
+            if redis is not None:
+                await redis.close()
             hasher.close()
             await engine.dispose()
 
@@ -56,14 +78,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redirect_slashes=False,
     )
     register_error_handlers(app)
+    # Added innermost first: RequestId, then CORS, see every response.
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RateLimitHeadersMiddleware)
+    add_cors(app, settings)
     # Added last = outermost: the access line and metrics cover 413s too, and see the request id.
     app.add_middleware(AccessLogMiddleware)
     app.add_middleware(RequestIdMiddleware)
-    app.include_router(health_router)
+    app.include_router(health_router)  # health and metrics are never rate limited
     app.include_router(metrics_router)
-    app.include_router(auth_router)
-    app.include_router(orders_router)
+    app.include_router(auth_router, dependencies=[Depends(limit_auth_per_ip)])
+    app.include_router(orders_router, dependencies=[Depends(limit_per_client)])
     return app
 
 

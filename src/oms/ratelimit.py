@@ -1,0 +1,201 @@
+"""Rate limiting (SPEC 2.4) with the `limits` library and a moving window.
+
+The moving window keeps one timestamp per request in the window (at most the limit), so the
+headers are exact: `RateLimit-Reset` and `Retry-After` say when the oldest request leaves the
+window and frees a slot. The windows live in Redis so replicas share them; they reuse the
+process's Redis connection pool and go through its circuit breaker. When Redis cannot answer,
+the same limits are enforced by a per-process in-memory window instead: a limiter outage never
+becomes a 500.
+
+Two FastAPI dependencies attach the limits to routers: `limit_per_client` (RATE_LIMIT_TIMES per
+RATE_LIMIT_SECONDS per client per route; the client is the verified JWT subject when a valid
+token is present, else the peer IP) and `limit_auth_per_ip` (AUTH_RATE_LIMIT per IP). The peer
+IP is what the server resolved: uvicorn honours proxy headers only from FORWARDED_ALLOW_IPS.
+Each decision is left in the request state, where `RateLimitHeadersMiddleware` turns it into
+`RateLimit-*` headers on whatever response the route produces, 429 included.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import structlog
+from fastapi import Request
+from limits import RateLimitItem, RateLimitItemPerSecond, parse
+from limits.aio.storage import MemoryStorage, RedisStorage
+from limits.aio.strategies import MovingWindowRateLimiter
+from limits.aio.strategies import RateLimiter as WindowLimiter
+from prometheus_client import Counter
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from oms.auth.tokens import user_id_from_token
+from oms.config import Settings
+from oms.exceptions import AuthenticationError
+from oms.redis import RedisGuard, RedisUnavailableError
+
+log = structlog.get_logger(__name__)
+
+LimitName = Literal["client", "auth"]
+STATE_KEY = "rate_limit"
+KEY_PREFIX = "oms:ratelimit"
+
+RATE_LIMIT_REJECTIONS = Counter(
+    "oms_rate_limit_rejections", "Requests answered 429 by the rate limiter", ["limit"]
+)
+RATE_LIMIT_FALLBACKS = Counter(
+    "oms_rate_limit_fallbacks",
+    "Rate limit decisions taken in process memory because Redis failed or its breaker was open",
+    ["reason"],
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitDecision:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_after_seconds: int
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(self.remaining),
+            "RateLimit-Reset": str(self.reset_after_seconds),
+        }
+
+    @property
+    def retry_after_seconds(self) -> int:
+        return max(1, self.reset_after_seconds)
+
+
+class RateLimitExceededError(Exception):
+    """Raised by the dependencies; `oms.errors` answers it with a 429."""
+
+    def __init__(self, decision: RateLimitDecision) -> None:
+        super().__init__("Rate limit exceeded")
+        self.decision = decision
+
+
+class RateLimiter:
+    """The process's limiter: Redis-backed when Redis is configured and answering."""
+
+    def __init__(self, settings: Settings, guard: RedisGuard | None) -> None:
+        self.limits: dict[LimitName, RateLimitItem] = {
+            "client": RateLimitItemPerSecond(
+                settings.rate_limit_times, settings.rate_limit_seconds
+            ),
+            "auth": parse(settings.auth_rate_limit),
+        }
+        self._guard = guard
+        self._memory_storage = MemoryStorage()
+        self._memory = MovingWindowRateLimiter(self._memory_storage)
+        self._shared: WindowLimiter | None = None
+        if guard is not None:
+            # The URI only selects redis-py; connections come from the shared pool.
+            storage = RedisStorage(
+                "async+redis://",
+                implementation="redispy",
+                key_prefix=KEY_PREFIX,
+                # Documented option; limits types **options as scalars only.
+                connection_pool=guard.client.connection_pool,  # type: ignore[arg-type]
+            )
+            self._shared = MovingWindowRateLimiter(storage)
+
+    async def hit(self, name: LimitName, *identifiers: str) -> RateLimitDecision:
+        item = self.limits[name]
+        if self._shared is not None and self._guard is not None:
+            shared = self._shared
+            try:
+                return await self._guard.run(lambda: _hit(shared, item, identifiers))
+            except RedisUnavailableError as unavailable:
+                RATE_LIMIT_FALLBACKS.labels(reason=unavailable.reason).inc()
+        return await _hit(self._memory, item, identifiers)
+
+    async def close(self) -> None:
+        # The in-memory storage expires entries with a background task.
+        timer = self._memory_storage.timer
+        if timer is not None:
+            timer.cancel()
+
+
+async def _hit(
+    limiter: WindowLimiter, item: RateLimitItem, identifiers: tuple[str, ...]
+) -> RateLimitDecision:
+    allowed = await limiter.hit(item, *identifiers)
+    stats = await limiter.get_window_stats(item, *identifiers)
+    return RateLimitDecision(
+        allowed=allowed,
+        limit=item.amount,
+        remaining=stats.remaining,
+        reset_after_seconds=max(0, math.ceil(stats.reset_time - time.time())),
+    )
+
+
+async def limit_per_client(request: Request) -> None:
+    """RATE_LIMIT_TIMES per RATE_LIMIT_SECONDS per client per route."""
+    settings: Settings = request.app.state.settings
+    await _enforce(request, "client", _route_of(request), _client_of(request, settings))
+
+
+async def limit_auth_per_ip(request: Request) -> None:
+    """AUTH_RATE_LIMIT per peer IP on the credential endpoints."""
+    await _enforce(request, "auth", _route_of(request), f"ip:{_peer_ip(request)}")
+
+
+async def _enforce(request: Request, name: LimitName, route: str, client: str) -> None:
+    limiter: RateLimiter = request.app.state.rate_limiter
+    decision = await limiter.hit(name, route, client)
+    request.state.rate_limit = decision
+    if not decision.allowed:
+        RATE_LIMIT_REJECTIONS.labels(limit=name).inc()
+        log.info("rate_limited", limit=name, route=route, client=client)
+        raise RateLimitExceededError(decision)
+
+
+def _route_of(request: Request) -> str:
+    """The route template, so `/orders/<any id>/` is one route; with or without the slash."""
+    route: Any = request.scope.get("route")
+    template = getattr(route, "path", request.url.path).rstrip("/") or "/"
+    return f"{request.method} {template}"
+
+
+def _client_of(request: Request, settings: Settings) -> str:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token:
+        try:
+            return f"user:{user_id_from_token(token.strip(), settings)}"
+        except AuthenticationError:
+            pass  # an invalid token is limited like an anonymous caller
+    return f"ip:{_peer_ip(request)}"
+
+
+def _peer_ip(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+class RateLimitHeadersMiddleware:
+    """Adds the `RateLimit-*` headers of the request's decision to its response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state: dict[str, Any] = scope.setdefault("state", {})
+
+        async def send_with_headers(message: Message) -> None:
+            decision = state.get(STATE_KEY)
+            if message["type"] == "http.response.start" and decision is not None:
+                headers = MutableHeaders(scope=message)
+                for name, value in decision.headers.items():
+                    headers[name] = value
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

@@ -1,0 +1,101 @@
+"""CORS (SPEC 2.4): listed origins only; localhost by default in `local`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from oms.config import Settings
+from tests.conftest import make_settings
+from tests.support.apps import app_client
+from tests.test_config import _oms
+
+SHOP = "https://shop.example"
+
+
+def preflight(origin: str) -> dict[str, str]:
+    return {
+        "Origin": origin,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type,idempotency-key",
+    }
+
+
+async def cors_answers(settings: Settings, origin: str) -> tuple[httpx.Response, httpx.Response]:
+    """The preflight of a POST /orders/ and a simple GET, both from `origin`."""
+    async with app_client(settings) as client:
+        options = await client.options("/orders/", headers=preflight(origin))
+        simple = await client.get("/health", headers={"Origin": origin})
+    return options, simple
+
+
+def settings_with(sqlite_url: str, **values: Any) -> Settings:
+    return make_settings(sqlite_url, **values)
+
+
+async def test_a_listed_origin_may_call_and_read_the_exposed_headers(sqlite_url: str) -> None:
+    options, simple = await cors_answers(settings_with(sqlite_url, cors_origins=[SHOP]), SHOP)
+
+    assert options.status_code == 200
+    assert options.headers["Access-Control-Allow-Origin"] == SHOP
+    assert "POST" in options.headers["Access-Control-Allow-Methods"]
+    assert "idempotency-key" in options.headers["Access-Control-Allow-Headers"].lower()
+    assert "Access-Control-Allow-Credentials" not in options.headers
+    assert simple.headers["Access-Control-Allow-Origin"] == SHOP
+    exposed = simple.headers["Access-Control-Expose-Headers"].lower()
+    for header in ("ratelimit-remaining", "retry-after", "location", "x-request-id"):
+        assert header in exposed
+
+
+async def test_an_unlisted_origin_is_refused(sqlite_url: str) -> None:
+    options, simple = await cors_answers(
+        settings_with(sqlite_url, cors_origins=[SHOP]), "https://evil.example"
+    )
+
+    assert options.status_code == 400
+    assert "Access-Control-Allow-Origin" not in options.headers
+    assert "Access-Control-Allow-Origin" not in simple.headers
+
+
+@pytest.mark.parametrize("origin", ["http://localhost:5173", "http://127.0.0.1:3000"])
+async def test_local_mode_allows_localhost_by_default(sqlite_url: str, origin: str) -> None:
+    options, _simple = await cors_answers(settings_with(sqlite_url, app_env="local"), origin)
+    assert options.status_code == 200
+    assert options.headers["Access-Control-Allow-Origin"] == origin
+
+
+@pytest.mark.parametrize(
+    ("app_env", "origin"),
+    [
+        ("local", "https://localhost.evil.example"),
+        ("local", SHOP),
+        ("production", "http://localhost:5173"),
+    ],
+)
+async def test_nothing_else_is_cross_origin_by_default(
+    sqlite_url: str, app_env: str, origin: str
+) -> None:
+    options, simple = await cors_answers(settings_with(sqlite_url, app_env=app_env), origin)
+    assert options.status_code == 400
+    assert "Access-Control-Allow-Origin" not in simple.headers
+
+
+async def test_credentials_are_allowed_for_listed_origins(sqlite_url: str) -> None:
+    settings = settings_with(sqlite_url, cors_origins=[SHOP], cors_allow_credentials=True)
+    options, _simple = await cors_answers(settings, SHOP)
+    assert options.headers["Access-Control-Allow-Credentials"] == "true"
+
+
+def test_a_wildcard_with_credentials_is_refused() -> None:
+    with pytest.raises(ValidationError, match="CORS_ORIGINS"):
+        make_settings("sqlite:///x.db", cors_origins=["*"], cors_allow_credentials=True)
+    assert make_settings("sqlite:///x.db", cors_origins=["*"]).cors_origins == ["*"]
+
+
+def test_the_command_refuses_to_start_with_a_wildcard_and_credentials() -> None:
+    result = _oms("migrate", CORS_ORIGINS="*", CORS_ALLOW_CREDENTIALS="true")
+    assert result.returncode == 2
+    assert "CORS_ORIGINS" in result.stderr
