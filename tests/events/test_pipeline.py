@@ -24,3 +24,19 @@ async def test_order_is_processed_by_the_worker_with_the_request_id(pipeline: Pi
     # The worker refreshed the cache: the API serves the processed order.
     response = await pipeline.client.get(f"/orders/{order_id}/", headers=pipeline.user.headers)
     assert response.json()["processed_at"] is not None
+
+
+async def test_each_role_exits_cleanly_on_sigterm(pipeline: Pipeline) -> None:
+    processes = [pipeline.start(role) for role in ("worker", "consumer", "relay")]
+    await eventually(
+        lambda: all(p.records() for p in processes) and processes[1].events("Consumer started"),
+        30,
+        pipeline.logs,
+    )
+    [order_id] = await pipeline.create_orders(1)
+    worker = processes[0]
+    await eventually(lambda: worker.events("Processing order"), 30, pipeline.logs)
+
+    # The worker's warm shutdown finishes the task it is sleeping in before exiting.
+    assert [process.stop() for process in processes] == [0, 0, 0], pipeline.logs()
+    pipeline.assert_processed_exactly_once([order_id])

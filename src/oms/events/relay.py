@@ -228,6 +228,10 @@ async def run_relay(settings: Settings) -> int:
     if not settings.is_sqlite:
         tasks.append(asyncio.create_task(listen_for_outbox(settings, relay.wakeup, stop)))
     log.info("Relay started", exchange=settings.rabbitmq_exchange)
+    try:  # declare the topology now; if RabbitMQ is down, each round tries again
+        await asyncio.wait_for(bus.connect(), settings.rabbitmq_connect_timeout_seconds)
+    except Exception as error:
+        log.warning("RabbitMQ not reachable yet; events wait in the outbox", error=str(error))
     try:
         await asyncio.gather(*tasks)
     finally:
