@@ -77,7 +77,8 @@ class Settings(BaseSettings):
     sweeper_interval_seconds: float = Field(5.0, gt=0, le=3600)
     sweeper_batch_size: int = Field(500, ge=1, le=10_000)
 
-    consumer_prefetch: int = Field(32, ge=1, le=1000)
+    # Each message in progress holds a database connection: keep it within the pool size.
+    consumer_prefetch: int = Field(16, ge=1, le=1000)
     consumer_max_attempts: int = Field(5, ge=1, le=100)
     consumer_retry_base_seconds: float = Field(0.5, ge=0, le=60)
     consumer_retry_max_seconds: float = Field(8.0, ge=0, le=600)

@@ -1,8 +1,8 @@
 """`oms consumer`: `new_order` events → the `process_order` task.
 
 For each message: validate the body (malformed → DLQ at once), drop it if its event id is in
-the inbox, hand the order to the task queue, then record the event in the inbox and the hand-off
-time on the order, then ack. A failed hand-off is retried with backoff by re-queueing a copy
+the inbox, hand the order to the task queue, commit the inbox row and the order's hand-off time,
+then ack. A failed hand-off is retried with backoff by re-queueing a copy
 with its attempt count raised, never spinning; after `CONSUMER_MAX_ATTEMPTS` it goes to the DLQ
 (the sweeper still processes the order from the database).
 """
@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from typing import Any
 
 import structlog
 from pydantic import ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -78,23 +77,37 @@ class NewOrderHandler:
         self, delivery: Delivery, event: NewOrderEvent, request_id: str | None
     ) -> None:
         attempt = attempt_of(delivery)
+        handed_off = False
         try:
-            if await self._already_handed_off(event.event_id):
-                log.info("Duplicate event dropped")
-                await delivery.ack()
-                EVENTS_CONSUMED.labels("duplicate").inc()
+            # The inbox row is inserted first but only committed after the hand-off, so it
+            # exists exactly when the task was queued; a concurrent copy of the same event
+            # waits on the uncommitted row and then finds it.
+            async with self._sessionmaker.begin() as session:
+                if not await self._insert_inbox_row(session, event):
+                    duplicate = True
+                else:
+                    duplicate = False
+                    await self._dispatcher.dispatch(event.order_id, request_id)
+                    handed_off = True
+                    await session.execute(
+                        update(Order)
+                        .where(Order.id == event.order_id)
+                        .values(dispatched_at=utcnow())
+                    )
+        except Exception as error:
+            if not handed_off:
+                await self._failed(delivery, attempt, error)
                 return
-            await self._dispatcher.dispatch(event.order_id, request_id)
-        except Exception as error:
-            await self._failed(delivery, attempt, error)
-            return
-        log.info("Event handed off to process_order", attempt=attempt)
-        try:
-            await self._record_hand_off(event)
-        except Exception as error:
             # The task is queued, which is what matters; a redelivery would only queue a
             # second run, which the task recognises and skips.
-            log.warning("Could not record the hand-off", error=str(error))
+            log.warning("Could not record the hand-off", error=f"{type(error).__name__}: {error}")
+            duplicate = False
+        if duplicate:
+            log.info("Duplicate event dropped")
+            await delivery.ack()
+            EVENTS_CONSUMED.labels("duplicate").inc()
+            return
+        log.info("Event handed off to process_order", attempt=attempt)
         await delivery.ack()
         EVENTS_CONSUMED.labels("handed_off").inc()
 
@@ -116,25 +129,18 @@ class NewOrderHandler:
         await delivery.retry()
         EVENTS_CONSUMED.labels("retried").inc()
 
-    async def _already_handed_off(self, event_id: uuid.UUID) -> bool:
-        async with self._sessionmaker() as session:
-            found = await session.scalar(
-                select(InboxEvent.event_id).where(InboxEvent.event_id == event_id)
-            )
-            return found is not None
-
-    async def _record_hand_off(self, event: NewOrderEvent) -> None:
-        now = utcnow()
-        async with self._sessionmaker.begin() as session:
-            insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-            await session.execute(
-                insert(InboxEvent)
-                .values(event_id=event.event_id, event_type=NEW_ORDER, received_at=now)
-                .on_conflict_do_nothing()
-            )
-            await session.execute(
-                update(Order).where(Order.id == event.order_id).values(dispatched_at=now)
-            )
+    @staticmethod
+    async def _insert_inbox_row(session: AsyncSession, event: NewOrderEvent) -> bool:
+        """Add the event to the inbox; False if it is there already (a duplicate)."""
+        dialect = session.get_bind().dialect.name
+        insert = pg_insert if dialect == "postgresql" else sqlite_insert
+        inserted = await session.scalar(
+            insert(InboxEvent)
+            .values(event_id=event.event_id, event_type=NEW_ORDER, received_at=utcnow())
+            .on_conflict_do_nothing()
+            .returning(InboxEvent.event_id)
+        )
+        return inserted is not None
 
 
 def _text(value: Any) -> str | None:
