@@ -75,6 +75,8 @@ def _api(settings: Settings, args: argparse.Namespace) -> int:
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     from oms import migrate
 
+    if args.create_database and migrate.create_database_if_missing(settings.database_url):
+        print("Created the database", file=sys.stderr)
     if args.downgrade:
         migrate.downgrade(settings.database_url, args.downgrade)
     else:
@@ -204,6 +206,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     mig.add_argument("revision", nargs="?", default="head")
     mig.add_argument("--downgrade", metavar="REVISION", help="downgrade to REVISION instead")
+    mig.add_argument(
+        "--create-database",
+        action="store_true",
+        help="create the PostgreSQL database first if it does not exist",
+    )
     mig.set_defaults(handler=_migrate)
 
     chk = commands.add_parser(

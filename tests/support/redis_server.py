@@ -8,14 +8,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.support.processes import free_port
 from tests.support.services import service_unavailable
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def port_open(port: int) -> bool:
