@@ -52,6 +52,9 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "log_format": "json",
         "rate_limit_times": 1_000_000,
         "auth_rate_limit": "1000000/minute",
+        # Many apps and processes share one PostgreSQL (max_connections 100) during a run.
+        "db_pool_size": 5,
+        "db_max_overflow": 5,
         **overrides,
     }
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from oms.config import Settings
 from oms.main import create_app
-from tests.conftest import ITEM, ApiUser, create_order, make_settings, register_and_login
+from tests.conftest import (
+    ITEM,
+    PASSWORD,
+    ApiUser,
+    create_order,
+    make_settings,
+    register_and_login,
+    unique_email,
+)
 from tests.support.processes import free_port
 from tests.support.tcp_proxy import TcpProxy
 
@@ -144,3 +155,30 @@ async def test_ready_reports_rabbitmq_without_depending_on_it(
     assert response.status_code == 200
     assert response.json()["status"] == overall
     assert response.json()["dependencies"]["rabbitmq"] == state
+
+
+@pytest.mark.postgres_only
+async def test_too_many_connections_is_503(postgres_url: str, engine: AsyncEngine) -> None:
+    """PostgreSQL refusing a connection (SQLSTATE 53300) is an outage for the client, not a bug."""
+    role = f"oms_limited_{uuid.uuid4().hex[:8]}"
+    async with engine.begin() as connection:
+        await connection.execute(text(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 0'))
+        database = urlsplit(postgres_url).path.lstrip("/")
+        await connection.execute(text(f'GRANT ALL ON DATABASE "{database}" TO "{role}"'))
+    limited = urlunsplit(urlsplit(postgres_url)._replace(netloc=f"{role}@127.0.0.1:5432"))
+    app = create_app(make_settings(limited))
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with (
+            LifespanManager(app),
+            httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+        ):
+            response = await client.post(
+                "/register/", json={"email": unique_email(), "password": PASSWORD}
+            )
+        assert response.status_code == 503
+        assert response.json() == {"detail": "Database unavailable; please retry shortly"}
+    finally:
+        async with engine.begin() as connection:
+            await connection.execute(text(f'DROP OWNED BY "{role}"'))
+            await connection.execute(text(f'DROP ROLE "{role}"'))

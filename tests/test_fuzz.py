@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import checks
 
 from tests.conftest import PASSWORD, unique_email
-from tests.support.server import oms_environment, running_api
+from tests.support.server import api_environment, running_api
 
 EXAMPLES = int(os.environ.get("OMS_FUZZ_EXAMPLES", "25"))
 CHECKS = [
@@ -30,9 +30,7 @@ CHECKS = [
 
 @pytest.fixture(scope="module")
 def api_url(postgres_url: str) -> Iterator[str]:
-    env = oms_environment(
-        postgres_url, RATE_LIMIT_TIMES="1000000", AUTH_RATE_LIMIT="1000000/minute"
-    )
+    env = api_environment(postgres_url)
     with running_api(env) as api:
         yield api.url
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.conftest import ITEM, PASSWORD, TEST_SECRET, ApiUser, create_order, unique_email
-from tests.support.server import RunningApi, oms_environment, running_api
+from tests.support.server import RunningApi, api_environment, running_api
 
 MakeUser = Callable[[], Awaitable[ApiUser]]
 INJECTIONS = [
@@ -163,9 +163,7 @@ async def test_hostile_request_id_is_replaced(client: httpx.AsyncClient, request
 
 @pytest.fixture(scope="module")
 def api(postgres_url: str) -> Iterator[RunningApi]:
-    env = oms_environment(
-        postgres_url, RATE_LIMIT_TIMES="1000000", AUTH_RATE_LIMIT="1000000/minute"
-    )
+    env = api_environment(postgres_url)
     with running_api(env) as running:
         yield running
 

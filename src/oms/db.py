@@ -107,12 +107,22 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
+# SQLSTATE classes meaning "no usable connection now": connection exception (08), insufficient
+# resources such as too_many_connections (53), operator intervention such as a shutdown (57P).
+_UNAVAILABLE_SQLSTATES = ("08", "53", "57P")
+
+
 def is_database_unavailable(exc: BaseException) -> bool:
-    """True when the error means "cannot reach the database", not "the query was wrong"."""
+    """True when the error means "cannot use the database now", not "the query was wrong"."""
     if isinstance(exc, PoolTimeoutError | OSError):
         return True
     if isinstance(exc, DBAPIError):
-        return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
+        sqlstate = str(getattr(exc.orig, "sqlstate", None) or "")
+        return (
+            exc.connection_invalidated
+            or isinstance(exc, OperationalError | InterfaceError)
+            or sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
+        )
     return False
 
 

@@ -28,7 +28,7 @@ from oms.config import Settings
 from oms.events.rabbitmq import dead_letter_queue_name
 from oms.main import create_app
 from tests.conftest import TEST_SECRET, ApiUser, make_settings, register_and_login
-from tests.support.processes import OmsProcess, eventually
+from tests.support.processes import SMALL_DB_POOL, OmsProcess, eventually
 from tests.support.redis_server import RedisServer
 from tests.support.services import fresh_postgres_database, service_unavailable
 
@@ -176,6 +176,7 @@ async def pipeline(
         "RELAY_MAX_BACKOFF_SECONDS": "1",
         "RABBITMQ_RECONNECT_INTERVAL_SECONDS": "0.5",
         "SWEEPER_INTERVAL_SECONDS": "1",
+        **SMALL_DB_POOL,
         **rabbitmq_names,
     }
     workdir = tmp_path / "run"

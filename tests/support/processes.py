@@ -39,9 +39,15 @@ def free_port() -> int:
         return port
 
 
+# Test processes share one PostgreSQL (max_connections 100) with the rest of the suite.
+SMALL_DB_POOL = {"DB_POOL_SIZE": "3", "DB_MAX_OVERFLOW": "5"}
+
+
 def oms_env(**settings: str) -> dict[str, str]:
-    """The current environment without service settings, plus the given ones (upper-cased)."""
+    """The current environment without service settings, small database pools, plus the given
+    settings (upper-cased)."""
     env = {key: value for key, value in os.environ.items() if key not in _SERVICE_VARIABLES}
+    env.update(SMALL_DB_POOL)
     env.update({key.upper(): value for key, value in settings.items()})
     return env
 

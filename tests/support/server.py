@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
@@ -15,19 +14,20 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import TEST_SECRET
-from tests.support.processes import free_port
+from tests.support.processes import free_port, oms_env
 
 
-def oms_environment(database_url: str, **overrides: str) -> dict[str, str]:
-    """A clean environment for an `oms` process: explicit values, nothing inherited but PATH."""
-    return {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "APP_ENV": "test",
-        "SECRET_KEY": TEST_SECRET,
-        "DATABASE_URL": database_url,
-        "LOG_FORMAT": "json",
-        **overrides,
-    }
+def api_environment(database_url: str, **settings: str) -> dict[str, str]:
+    """`oms api` for a test: its own database, the test secret, JSON logs, no rate limits."""
+    return oms_env(
+        app_env="test",
+        secret_key=TEST_SECRET,
+        database_url=database_url,
+        log_format="json",
+        rate_limit_times="1000000",
+        auth_rate_limit="1000000/minute",
+        **settings,
+    )
 
 
 @dataclass(frozen=True)
