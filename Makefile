@@ -4,7 +4,7 @@ PYTHON ?= python3
 # uv from PATH, else bootstrapped from PyPI into .tools/ (needs only Python 3.11).
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
 
-.PHONY: run test lint format fuzz up bench
+.PHONY: run test lint format fuzz up stack bench
 
 run: .venv/.synced
 	$(UV) run oms dev
@@ -20,6 +20,12 @@ lint: .venv/.synced
 	$(UV) run ruff check src tests migrations bench
 	$(UV) run ruff format --check src tests migrations bench
 	$(UV) run mypy src
+
+# The production topology on this machine: migrate, then api, relay, consumer and worker as
+# separate processes (Procfile) against the services in the environment / .env (default: the
+# local PostgreSQL, Redis and RabbitMQ on 127.0.0.1).
+stack: .venv/.synced
+	$(UV) run scripts/stack
 
 # Throughput and latency of the real API process under wrk, as ratios to GET /health measured in
 # the same run (bench/run.py; README "Performance"). Needs the local PostgreSQL and Redis; about

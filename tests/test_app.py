@@ -12,6 +12,7 @@ from asgi_lifespan import LifespanManager
 from oms.config import Settings
 from oms.main import create_app
 from tests.conftest import ITEM, ApiUser, create_order, make_settings, register_and_login
+from tests.support.processes import free_port
 from tests.support.tcp_proxy import TcpProxy
 
 
@@ -120,3 +121,26 @@ async def test_database_outage_is_503_and_recovers(postgres_url: str, proxy: Tcp
         recovered = await client.get(f"/orders/{order['id']}/", headers=user.headers)
         assert recovered.status_code == 200
         assert (await client.get("/health/ready")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("rabbitmq_url", "state", "overall"),
+    [
+        ("amqp://guest:guest@127.0.0.1:5672/", "ok", "ok"),
+        (f"amqp://guest:guest@127.0.0.1:{free_port()}/", "unavailable", "degraded"),
+    ],
+)
+async def test_ready_reports_rabbitmq_without_depending_on_it(
+    sqlite_url: str, rabbitmq_url: str, state: str, overall: str
+) -> None:
+    app = create_app(make_settings(sqlite_url, rabbitmq_url=rabbitmq_url))
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        LifespanManager(app),
+        httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+    ):
+        response = await client.get("/health/ready")
+
+    assert response.status_code == 200
+    assert response.json()["status"] == overall
+    assert response.json()["dependencies"]["rabbitmq"] == state

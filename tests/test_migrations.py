@@ -6,12 +6,14 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from alembic.script import ScriptDirectory
 
 from oms import migrate
 from tests.support.services import fresh_postgres_database
 
 PG_TABLES = "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1"
 ENUM = "SELECT count(*) FROM pg_type WHERE typname = 'order_status'"
+HEAD = ScriptDirectory.from_config(migrate.alembic_config("sqlite://")).get_current_head()
 
 
 def _pg(url: str, query: str) -> list[tuple[object, ...]]:
@@ -23,7 +25,9 @@ def test_postgres_upgrade_downgrade_upgrade() -> None:
     with fresh_postgres_database("oms_migrations") as url:
         migrate.upgrade(url)
         tables = [row[0] for row in _pg(url, PG_TABLES)]
-        assert tables == ["alembic_version", "idempotency_keys", "orders", "outbox", "users"]
+        assert tables == [
+            "alembic_version", "idempotency_keys", "inbox", "orders", "outbox", "users",
+        ]  # fmt: skip
         assert _pg(url, ENUM) == [(1,)]
 
         migrate.downgrade(url, "base")
@@ -31,7 +35,7 @@ def test_postgres_upgrade_downgrade_upgrade() -> None:
         assert _pg(url, ENUM) == [(0,)]
 
         migrate.upgrade(url)
-        assert len(_pg(url, PG_TABLES)) == 5
+        assert len(_pg(url, PG_TABLES)) == 6
 
 
 def test_sqlite_upgrade_downgrade_upgrade(tmp_path: Path) -> None:
@@ -43,7 +47,7 @@ def test_sqlite_upgrade_downgrade_upgrade(tmp_path: Path) -> None:
     migrate.upgrade(url)
     with sqlite3.connect(path) as db:
         assert [r[0] for r in db.execute(query)] == [
-            "alembic_version", "idempotency_keys", "orders", "outbox", "users",
+            "alembic_version", "idempotency_keys", "inbox", "orders", "outbox", "users",
         ]  # fmt: skip
     migrate.downgrade(url, "base")
     with sqlite3.connect(path) as db:
@@ -66,4 +70,29 @@ def test_concurrent_migrate_commands_all_succeed(runs: int) -> None:
         ]
         outputs = [process.communicate(timeout=60)[0].decode() for process in processes]
         assert [p.returncode for p in processes] == [0] * runs, outputs
-        assert _pg(url, "SELECT version_num FROM alembic_version") == [("0001",)]
+        assert _pg(url, "SELECT version_num FROM alembic_version") == [(HEAD,)]
+
+
+def test_event_pipeline_migration_downgrades_to_the_initial_schema(tmp_path: Path) -> None:
+    """0002 on its own, both ways, on both backends: the previous schema comes back intact."""
+    import sqlite3
+
+    path = tmp_path / "oms.db"
+    migrate.upgrade(f"sqlite:///{path}")
+    migrate.downgrade(f"sqlite:///{path}", "0001")
+    with sqlite3.connect(path) as db:
+        columns = [row[1] for row in db.execute("PRAGMA table_info(orders)")]
+        indexes = [row[1] for row in db.execute("PRAGMA index_list(orders)")]
+    assert "dispatched_at" not in columns
+    assert "ix_orders_user_id_created_at" in indexes
+    migrate.upgrade(f"sqlite:///{path}")
+
+    with fresh_postgres_database("oms_migrations") as url:
+        migrate.upgrade(url)
+        migrate.downgrade(url, "0001")
+        assert "inbox" not in [row[0] for row in _pg(url, PG_TABLES)]
+        migrate.upgrade(url)
+        columns = _pg(
+            url, "SELECT column_name FROM information_schema.columns WHERE table_name = 'orders'"
+        )
+        assert ("dispatched_at",) in columns

@@ -27,9 +27,6 @@ from oms import migrate
 from oms.config import Settings
 from oms.db import create_engine
 
-# The queue the relay publishes to and the consumer reads (SPEC 5).
-NEW_ORDER_QUEUE = "new_order"
-
 
 class State(StrEnum):
     OK = "ok"
@@ -68,9 +65,10 @@ async def run_checks(
     settings: Settings,
     *,
     timeout_seconds: float,
-    queue: str = NEW_ORDER_QUEUE,
+    queue: str | None = None,
 ) -> list[CheckResult]:
-    """Every dependency's state, in a fixed order."""
+    """Every dependency's state, in a fixed order (`queue` defaults to NEW_ORDER_QUEUE)."""
+    queue = queue or settings.new_order_queue
     heads = await asyncio.to_thread(_migration_heads, settings.database_url)
     probes: list[tuple[str, str | None, Probe]] = [
         ("database", settings.database_url, lambda: _database(settings, heads)),

@@ -12,8 +12,9 @@ import logging
 import os
 import sys
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from contextlib import nullcontext
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -28,12 +29,13 @@ def _dev(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from oms import migrate
+    from oms.events.embedded import with_embedded_pipeline
     from oms.main import create_app
 
     migrate.upgrade(settings.database_url)
     print(f"OMS dev server: http://{args.host}:{args.port}/docs", file=sys.stderr)
     uvicorn.run(
-        create_app(settings),
+        with_embedded_pipeline(create_app(settings), settings),
         host=args.host,
         port=args.port,
         proxy_headers=True,  # the rate limiter's client IP, from FORWARDED_ALLOW_IPS only
@@ -73,10 +75,66 @@ def _api(settings: Settings, args: argparse.Namespace) -> int:
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     from oms import migrate
 
+    if args.create_database and migrate.create_database_if_missing(settings.database_url):
+        print("Created the database", file=sys.stderr)
     if args.downgrade:
         migrate.downgrade(settings.database_url, args.downgrade)
     else:
         migrate.upgrade(settings.database_url, args.revision)
+    return 0
+
+
+def _run_async(main: Coroutine[Any, Any, int]) -> int:
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
+
+
+def _relay(settings: Settings, args: argparse.Namespace) -> int:
+    from oms.events.relay import run_relay
+
+    if not settings.rabbitmq_url:
+        print("oms relay needs RABBITMQ_URL (oms dev embeds an in-process bus)", file=sys.stderr)
+        return 2
+    return _run_async(run_relay(settings))
+
+
+def _consumer(settings: Settings, args: argparse.Namespace) -> int:
+    from oms.events.consumer import run_consumer
+
+    if not settings.rabbitmq_url:
+        print("oms consumer needs RABBITMQ_URL", file=sys.stderr)
+        return 2
+    return _run_async(run_consumer(settings))
+
+
+def _worker(settings: Settings, args: argparse.Namespace) -> int:
+    """The Celery worker; SIGTERM is Celery's warm shutdown (tasks in progress finish)."""
+    from oms.events.metrics import serve_metrics
+    from oms.worker.celery_app import configure_celery
+
+    if not settings.celery_broker_url:
+        print("oms worker needs CELERY_BROKER_URL", file=sys.stderr)
+        return 2
+    app = configure_celery(settings)
+    serve_metrics(settings)
+    argv = [
+        "--quiet",  # no banner: stdout carries JSON log lines only
+        "worker",
+        f"--loglevel={settings.log_level}",
+        f"--concurrency={args.concurrency or settings.worker_concurrency}",
+        f"--pool={settings.worker_pool}",
+        f"--queues={settings.celery_queue}",
+        f"--hostname=oms-{os.getpid()}@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
+    try:
+        app.worker_main(argv)
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else 0
     return 0
 
 
@@ -129,11 +187,30 @@ def _parser() -> argparse.ArgumentParser:
     api.add_argument("--workers", type=int, default=1)
     api.set_defaults(handler=_api)
 
+    relay = commands.add_parser(
+        "relay", help="publish the outbox to RabbitMQ and re-dispatch overdue orders"
+    )
+    relay.set_defaults(handler=_relay)
+
+    consumer = commands.add_parser(
+        "consumer", help="consume new_order events and queue process_order tasks"
+    )
+    consumer.set_defaults(handler=_consumer)
+
+    worker = commands.add_parser("worker", help="run the Celery worker (process_order)")
+    worker.add_argument("--concurrency", type=int, default=None, help="default: WORKER_CONCURRENCY")
+    worker.set_defaults(handler=_worker)
+
     mig = commands.add_parser(
         "migrate", help="apply database migrations (safe to run concurrently)"
     )
     mig.add_argument("revision", nargs="?", default="head")
     mig.add_argument("--downgrade", metavar="REVISION", help="downgrade to REVISION instead")
+    mig.add_argument(
+        "--create-database",
+        action="store_true",
+        help="create the PostgreSQL database first if it does not exist",
+    )
     mig.set_defaults(handler=_migrate)
 
     chk = commands.add_parser(

@@ -70,6 +70,37 @@ class Settings(BaseSettings):
     password_hash_workers: int = Field(2, ge=1, le=64)
 
     processing_timeout_seconds: int = Field(30, ge=1)
+
+    # Event bus (RabbitMQ). Names are settings so parallel test runs never share a queue.
+    rabbitmq_exchange: str = Field("oms.events", min_length=1, max_length=200)
+    new_order_queue: str = Field("new_order", min_length=1, max_length=200)
+    rabbitmq_connect_timeout_seconds: float = Field(5.0, gt=0, le=60)
+    rabbitmq_publish_timeout_seconds: float = Field(5.0, gt=0, le=60)
+    rabbitmq_reconnect_interval_seconds: float = Field(1.0, gt=0, le=60)
+    # A process whose broker connection stays down this long exits non-zero for its supervisor.
+    rabbitmq_resume_timeout_seconds: float = Field(120.0, gt=0, le=3600)
+
+    relay_batch_size: int = Field(200, ge=1, le=5000)
+    relay_poll_interval_seconds: float = Field(1.0, gt=0, le=60)
+    relay_max_backoff_seconds: float = Field(3.0, gt=0, le=60)
+    sweeper_interval_seconds: float = Field(5.0, gt=0, le=3600)
+    sweeper_batch_size: int = Field(500, ge=1, le=10_000)
+
+    # Each message in progress holds a database connection: keep it within the pool size.
+    consumer_prefetch: int = Field(16, ge=1, le=1000)
+    consumer_max_attempts: int = Field(5, ge=1, le=100)
+    consumer_retry_base_seconds: float = Field(0.5, ge=0, le=60)
+    consumer_retry_max_seconds: float = Field(8.0, ge=0, le=600)
+
+    celery_queue: str = Field("oms.orders", min_length=1, max_length=200)
+    celery_publish_timeout_seconds: float = Field(5.0, gt=0, le=60)
+    # Unacked tasks of a worker that died are redelivered after this long (tasks take ~2 s).
+    celery_visibility_timeout_seconds: int = Field(120, ge=1, le=86_400)
+    worker_concurrency: int = Field(8, ge=1, le=256)
+    worker_pool: Literal["threads", "prefork", "solo"] = "threads"
+
+    # Per-process Prometheus endpoint for the relay, consumer and worker; unset = disabled.
+    metrics_port: int | None = Field(None, ge=1, le=65_535)
     max_body_bytes: int = Field(64 * 1024, ge=1024)
 
     log_level: LogLevel = "INFO"

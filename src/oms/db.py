@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from sqlalchemy import JSON, DateTime, MetaData, event
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import (
@@ -71,7 +71,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
             settings.database_url,
             connect_args={"timeout": settings.db_statement_timeout_seconds},
         )
-        _serialise_sqlite_writers(engine)
+        serialise_sqlite_writers(engine.sync_engine)
         return engine
     engine = create_async_engine(
         settings.database_url,
@@ -116,10 +116,10 @@ def _ping_idle_connections(engine: AsyncEngine, idle_seconds: float) -> None:
             raise DisconnectionError("idle pooled connection failed its ping") from error
 
 
-def _serialise_sqlite_writers(engine: AsyncEngine) -> None:
+def serialise_sqlite_writers(engine: Engine) -> None:
     """SQLite has no row locks: take the write lock at BEGIN so read-then-write never races."""
 
-    @event.listens_for(engine.sync_engine, "connect")
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
@@ -127,7 +127,7 @@ def _serialise_sqlite_writers(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -32,6 +33,20 @@ def database_check(engine: AsyncEngine) -> DependencyCheck:
             await connection.execute(text("SELECT 1"))
 
     return DependencyCheck("database", probe, critical=True)
+
+
+def broker_check(rabbitmq_url: str) -> DependencyCheck:
+    """RabbitMQ is reachable. The API never talks to it (the outbox decouples them), so a TCP
+    connect is all readiness needs; a broker outage only degrades the service."""
+    url = urlsplit(rabbitmq_url)
+    host, port = url.hostname or "localhost", url.port or 5672
+
+    async def probe() -> None:
+        _reader, writer = await asyncio.open_connection(host, port)
+        writer.close()
+        await writer.wait_closed()
+
+    return DependencyCheck("rabbitmq", probe, critical=False)
 
 
 @router.get("/health", summary="Liveness: the process serves requests")

@@ -14,7 +14,7 @@ from oms.config import Settings, get_settings
 from oms.cors import add_cors
 from oms.db import create_engine, create_sessionmaker
 from oms.errors import register_error_handlers
-from oms.health import DependencyCheck, database_check
+from oms.health import DependencyCheck, broker_check, database_check
 from oms.health import router as health_router
 from oms.logging import configure_logging
 from oms.metrics import router as metrics_router
@@ -52,6 +52,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         else:
             cache = RedisOrderCache(redis, settings.cache_ttl_seconds)
             checks.append(DependencyCheck("redis", redis.ping, critical=False))
+        if settings.rabbitmq_url:
+            checks.append(broker_check(settings.rabbitmq_url))
         limiter = RateLimiter(settings, redis)
         app.state.settings = settings
         app.state.engine = engine

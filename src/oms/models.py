@@ -2,7 +2,7 @@
 
 from oms.auth.models import User
 from oms.db import Base
-from oms.events.models import OutboxEvent
+from oms.events.models import InboxEvent, OutboxEvent
 from oms.orders.models import IdempotencyKey, Order
 
-__all__ = ["Base", "IdempotencyKey", "Order", "OutboxEvent", "User"]
+__all__ = ["Base", "IdempotencyKey", "InboxEvent", "Order", "OutboxEvent", "User"]

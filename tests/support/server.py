@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,13 +15,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import TEST_SECRET
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from tests.support.processes import free_port
 
 
 def oms_environment(database_url: str, **overrides: str) -> dict[str, str]:

@@ -36,3 +36,13 @@ Index(
     postgresql_where=OutboxEvent.published_at.is_(None),
     sqlite_where=OutboxEvent.published_at.is_(None),
 )
+
+
+class InboxEvent(Base):
+    """An event the consumer has handed off; a redelivery of the same event id is dropped."""
+
+    __tablename__ = "inbox"
+
+    event_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    event_type: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

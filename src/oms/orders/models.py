@@ -39,10 +39,19 @@ class Order(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    # When the order was last handed to the task queue; the sweeper re-dispatches from it.
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
 
 
 # A user's list is read newest first.
 Index("ix_orders_user_id_created_at", Order.user_id, Order.created_at.desc())
+# The sweeper only ever scans orders the worker has not processed yet.
+Index(
+    "ix_orders_unprocessed",
+    Order.created_at,
+    postgresql_where=Order.processed_at.is_(None),
+    sqlite_where=Order.processed_at.is_(None),
+)
 
 
 class IdempotencyKey(Base):

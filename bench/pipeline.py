@@ -1,0 +1,225 @@
+"""Event pipeline benchmark: commit → consumer hand-off latency and the relay's publish rate.
+
+Runs `oms relay` and `oms consumer` as real processes against PostgreSQL, RabbitMQ and Redis
+(db 1, a queue of its own, deleted afterwards), on a fresh database and unique queue names:
+
+1. live: N orders are committed at `--rate` per second (below the consumer's capacity, so the
+   figure is the pipeline's latency, not a queue's length) while relay and consumer run; each
+   is `orders.dispatched_at - orders.created_at` (the consumer stamps `dispatched_at` right
+   after `apply_async` returned, in the inbox transaction);
+2. backlog: with the relay stopped, N more orders pile up in the outbox; the relay is started
+   and the drain rate is N / (last `published_at` - relay start); the consumer's likewise from
+   the last `dispatched_at`.
+
+No worker runs: the hand-off is the end of the measured path. Usage:
+    uv run python bench/pipeline.py [--orders 1000] [--output bench/pipeline.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import psycopg
+import redis
+from psycopg import sql
+
+from oms import migrate
+from oms.config import Settings
+from oms.db import create_engine, create_sessionmaker
+from oms.orders.schemas import OrderCreate, OrderItem
+from oms.orders.service import create_order
+
+ADMIN_DSN = os.environ.get(
+    "OMS_BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+RABBITMQ_URL = os.environ.get("OMS_BENCH_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
+CELERY_BROKER_URL = os.environ.get("OMS_BENCH_CELERY_BROKER_URL", "redis://127.0.0.1:6379/1")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def start(role: str, env: dict[str, str], cwd: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(  # noqa: S603 - our own CLI
+        [sys.executable, "-m", "oms.cli", role],
+        env={"PATH": os.environ.get("PATH", ""), **env},
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def create_orders(
+    settings: Settings, user_id: int, count: int, rate: float | None = None
+) -> None:
+    """Commit `count` orders, as fast as possible or paced at `rate` per second."""
+    engine = create_engine(settings)
+    sessionmaker = create_sessionmaker(engine)
+    semaphore = asyncio.Semaphore(8)
+    data = OrderCreate(items=[OrderItem(product_id="SKU-1", quantity=1, price=Decimal("9.99"))])
+
+    async def one(index: int) -> None:
+        if rate:
+            await asyncio.sleep(index / rate)
+        async with semaphore, sessionmaker() as session:
+            await create_order(session, user_id, data, None)
+
+    await asyncio.gather(*(one(i) for i in range(count)))
+    await engine.dispose()
+
+
+def wait_until(condition: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the pipeline did not catch up")
+        time.sleep(0.2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--orders", type=int, default=1000)
+    parser.add_argument("--rate", type=float, default=50.0, help="live phase orders per second")
+    parser.add_argument("--output", type=Path)
+    args = parser.parse_args()
+    n = args.orders
+
+    suffix = uuid.uuid4().hex[:10]
+    db_name = f"oms_bench_{suffix}"
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db_name)))
+    db_url = ADMIN_DSN.rsplit("/", 1)[0] + f"/{db_name}"
+    env = {
+        "APP_ENV": "test",
+        "SECRET_KEY": secrets.token_urlsafe(48),
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "WARNING",
+        "DATABASE_URL": db_url,
+        "RABBITMQ_URL": RABBITMQ_URL,
+        "CELERY_BROKER_URL": CELERY_BROKER_URL,
+        "CELERY_QUEUE": f"oms.bench.{suffix}",
+        "RABBITMQ_EXCHANGE": f"oms.bench.{suffix}",
+        "NEW_ORDER_QUEUE": f"new_order.bench.{suffix}",
+        "PROCESSING_TIMEOUT_SECONDS": "3600",
+    }
+    settings = Settings(_env_file=None, **{k.lower(): v for k, v in env.items()})  # type: ignore[call-arg]
+    processes: list[subprocess.Popen[bytes]] = []
+    workdir = tempfile.mkdtemp()
+    try:
+        migrate.upgrade(db_url)
+        with psycopg.connect(db_url, autocommit=True) as db:
+            user_id = db.execute(
+                "INSERT INTO users (email, hashed_password, created_at) "
+                "VALUES ('bench@example.com', 'x', now()) RETURNING id"
+            ).fetchone()[0]  # type: ignore[index]
+
+            def count(query: str) -> int:
+                return int(db.execute(query).fetchone()[0])  # type: ignore[index]
+
+            consumer = start("consumer", env, workdir)
+            relay = start("relay", env, workdir)
+            processes += [consumer, relay]
+            time.sleep(3)  # both connected and consuming
+
+            # 1. Live: commit → hand-off.
+            began = time.monotonic()
+            asyncio.run(create_orders(settings, user_id, n, args.rate))
+            committed_in = time.monotonic() - began
+            wait_until(
+                lambda: count("SELECT count(*) FROM orders WHERE dispatched_at IS NOT NULL") >= n,
+                120,
+            )
+            stages = db.execute(
+                "SELECT extract(epoch FROM o.dispatched_at - o.created_at)::float * 1000,"
+                " extract(epoch FROM x.published_at - o.created_at)::float * 1000"
+                " FROM orders o JOIN outbox x ON x.payload->>'order_id' = o.id::text"
+            ).fetchall()
+            latencies = [row[0] for row in stages]
+            to_published = [row[1] for row in stages]
+
+            # 2. Backlog: the relay drains N waiting events.
+            relay.terminate()
+            relay.wait(30)
+            asyncio.run(create_orders(settings, user_id, n))
+            relay_started = datetime.now(UTC)
+            processes.append(start("relay", env, workdir))
+            wait_until(
+                lambda: count("SELECT count(*) FROM outbox WHERE published_at IS NULL") == 0, 120
+            )
+            first, last = db.execute(
+                "SELECT min(published_at), max(published_at) FROM outbox WHERE published_at > %s",
+                (relay_started,),
+            ).fetchone()  # type: ignore[misc]
+            batch = int(os.environ.get("RELAY_BATCH_SIZE", "200"))
+            # From the first batch's commit to the last's: the steady publishing rate.
+            steady_rate = (n - batch) / max((last - first).total_seconds(), 1e-6)
+            drain_seconds = (last - relay_started).total_seconds()
+            wait_until(
+                lambda: count("SELECT count(*) FROM orders WHERE dispatched_at IS NULL") == 0, 300
+            )
+            handed = db.execute("SELECT max(dispatched_at) FROM orders").fetchone()[0]  # type: ignore[index]
+            consumer_seconds = (handed - relay_started).total_seconds()
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+                process.wait(30)
+        asyncio.run(_delete_queues(env))
+        redis.Redis.from_url(CELERY_BROKER_URL).delete(env["CELERY_QUEUE"])
+        with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db_name))
+            )
+
+    result = {
+        "orders": n,
+        "commit_to_handoff_ms": {
+            "p50": round(percentile(latencies, 50), 1),
+            "p99": round(percentile(latencies, 99), 1),
+            "mean": round(statistics.fmean(latencies), 1),
+            "max": round(max(latencies), 1),
+        },
+        "commit_to_published_ms": {
+            "p50": round(percentile(to_published, 50), 1),
+            "p99": round(percentile(to_published, 99), 1),
+        },
+        "orders_committed_per_second": round(n / committed_in, 1),
+        "relay_backlog_drain_events_per_second": round(n / drain_seconds, 1),
+        "relay_backlog_drain_seconds": round(drain_seconds, 2),
+        "relay_steady_events_per_second": round(steady_rate, 1),
+        "consumer_backlog_drain_events_per_second": round(n / consumer_seconds, 1),
+        "note": "relay drain time includes process start, connect and topology declaration",
+    }
+    print(json.dumps(result, indent=2))
+    if args.output:
+        args.output.write_text(json.dumps(result, indent=2) + "\n")
+
+
+async def _delete_queues(env: dict[str, str]) -> None:
+    connection = await aio_pika.connect(RABBITMQ_URL, timeout=5)
+    async with connection:
+        channel = await connection.channel()
+        for name in (env["NEW_ORDER_QUEUE"], env["NEW_ORDER_QUEUE"] + ".dlq"):
+            await channel.queue_delete(name)
+        await channel.exchange_delete(env["RABBITMQ_EXCHANGE"])
+
+
+if __name__ == "__main__":
+    main()

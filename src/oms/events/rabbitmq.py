@@ -1,0 +1,272 @@
+"""RabbitMQ transport: one robust aio-pika connection per process.
+
+The publish channel has publisher confirms and `on_return_raises`, and every publish is
+`mandatory`, so an event is only counted as sent once the broker has routed and stored it.
+Queues and channels are held by strong references: aio-pika's robust reconnect keeps them in a
+WeakSet and would silently stop consuming after a reconnect otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+import structlog
+from aio_pika.abc import (
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+)
+
+from oms.config import Settings
+from oms.events.bus import ATTEMPT_HEADER, DeliveryHandler, OutgoingEvent, attempt_of
+from oms.events.schemas import NEW_ORDER
+
+log = structlog.get_logger(__name__)
+
+
+def dead_letter_queue_name(queue: str) -> str:
+    return f"{queue}.dlq"
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    exchange: AbstractExchange
+    queue: AbstractQueue
+    dead_letter_queue: AbstractQueue
+
+
+async def declare_topology(channel: AbstractRobustChannel, settings: Settings) -> Topology:
+    """Declare the exchange, `new_order` and its DLQ; safe for every process to repeat."""
+    exchange = await channel.declare_exchange(
+        settings.rabbitmq_exchange, aio_pika.ExchangeType.DIRECT, durable=True
+    )
+    dlq_name = dead_letter_queue_name(settings.new_order_queue)
+    dead_letter_queue = await channel.declare_queue(dlq_name, durable=True)
+    queue = await declare_event_queue(channel, settings)
+    await queue.bind(exchange, routing_key=NEW_ORDER)
+    return Topology(exchange, queue, dead_letter_queue)
+
+
+async def declare_event_queue(channel: AbstractRobustChannel, settings: Settings) -> AbstractQueue:
+    # A rejected message is routed by the broker itself to the DLQ (via the default exchange).
+    return await channel.declare_queue(
+        settings.new_order_queue,
+        durable=True,
+        arguments={
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": dead_letter_queue_name(settings.new_order_queue),
+        },
+    )
+
+
+def to_message(event: OutgoingEvent) -> aio_pika.Message:
+    """The wire form of SPEC 5: persistent JSON, message id = event id, type = event type."""
+    return aio_pika.Message(
+        body=event.body,
+        content_type="application/json",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=str(event.event_id),
+        type=event.event_type,
+        headers=dict(event.headers),
+    )
+
+
+class _RabbitDelivery:
+    def __init__(self, bus: RabbitBus, message: AbstractIncomingMessage) -> None:
+        self._bus = bus
+        self._message = message
+
+    @property
+    def body(self) -> bytes:
+        return self._message.body
+
+    @property
+    def message_id(self) -> str | None:
+        return self._message.message_id
+
+    @property
+    def headers(self) -> Mapping[str, Any]:
+        return self._message.headers or {}
+
+    async def ack(self) -> None:
+        await self._message.ack()
+
+    async def dead_letter(self, reason: str) -> None:
+        # The queue's dead-letter arguments route it to the DLQ; `x-death` records why.
+        await self._message.reject(requeue=False)
+
+    async def retry(self) -> None:
+        await self._bus.requeue_copy(self._message, attempt_of(self) + 1)
+        await self._message.ack()
+
+
+class RabbitBus:
+    """Publisher and event source over one robust connection."""
+
+    def __init__(self, settings: Settings) -> None:
+        if not settings.rabbitmq_url:
+            raise ValueError("RABBITMQ_URL is not set")
+        self._settings = settings
+        self._url = settings.rabbitmq_url
+        self._publish_timeout = settings.rabbitmq_publish_timeout_seconds
+        self._connect_lock = asyncio.Lock()
+        self._connection: AbstractRobustConnection | None = None
+        self._publish_channel: AbstractRobustChannel | None = None
+        self._topology: Topology | None = None
+        # Strong references: see the module docstring.
+        self._consume_channel: AbstractRobustChannel | None = None
+        self._consume_queue: AbstractQueue | None = None
+        self._consumer_tag: str | None = None
+        self._handler: DeliveryHandler | None = None
+        self._in_flight: set[asyncio.Task[Any]] = set()
+        self._down_since: float | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._connection is not None and self._connection.connected.is_set()
+
+    async def connect(self) -> Topology:
+        """Connect and declare the topology once; later calls return at once."""
+        async with self._connect_lock:
+            if self._topology is not None:
+                return self._topology
+            connection = await aio_pika.connect_robust(
+                self._url,
+                timeout=self._settings.rabbitmq_connect_timeout_seconds,
+                reconnect_interval=self._settings.rabbitmq_reconnect_interval_seconds,
+                client_properties={"connection_name": "oms"},
+            )
+            try:
+                channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+                topology = await declare_topology(channel, self._settings)
+            except BaseException:
+                await connection.close()
+                raise
+            self._connection, self._publish_channel, self._topology = (
+                connection,
+                channel,
+                topology,
+            )
+            log.info("Connected to RabbitMQ", queue=self._settings.new_order_queue)
+            return topology
+
+    async def publish_batch(self, events: Sequence[OutgoingEvent]) -> list[BaseException | None]:
+        try:
+            topology = await asyncio.wait_for(
+                self.connect(), self._settings.rabbitmq_connect_timeout_seconds
+            )
+        except Exception as error:
+            return [error] * len(events)
+        # Publish them all, then await the confirms together (about 4x the rate of one by one).
+        results = await asyncio.gather(
+            *(self._publish(topology.exchange, event) for event in events),
+            return_exceptions=True,
+        )
+        return [result if isinstance(result, BaseException) else None for result in results]
+
+    async def _publish(self, exchange: AbstractExchange, event: OutgoingEvent) -> None:
+        await asyncio.wait_for(
+            exchange.publish(
+                to_message(event),
+                routing_key=event.event_type,
+                mandatory=True,
+                timeout=self._publish_timeout,
+            ),
+            self._publish_timeout,
+        )
+
+    async def requeue_copy(self, message: AbstractIncomingMessage, attempt: int) -> None:
+        """Publish a copy of a received message to the back of its queue, confirmed."""
+        if self._publish_channel is None:
+            raise RuntimeError("not connected")
+        copy = aio_pika.Message(
+            body=message.body,
+            content_type=message.content_type,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message.message_id,
+            type=message.type,
+            headers={**(message.headers or {}), ATTEMPT_HEADER: attempt},
+        )
+        await asyncio.wait_for(
+            self._publish_channel.default_exchange.publish(
+                copy,
+                routing_key=self._settings.new_order_queue,
+                mandatory=True,
+                timeout=self._publish_timeout,
+            ),
+            self._publish_timeout,
+        )
+
+    async def start_consuming(self, handler: DeliveryHandler) -> None:
+        await self.connect()
+        assert self._connection is not None
+        channel = await self._connection.channel()
+        # Bounded prefetch: at most this many unacked messages are handled at once.
+        await channel.set_qos(prefetch_count=self._settings.consumer_prefetch)
+        # Declared on this channel too, so the robust channel re-declares and re-consumes it.
+        queue = await declare_event_queue(channel, self._settings)
+        self._handler = handler
+        self._consume_channel, self._consume_queue = channel, queue
+        self._consumer_tag = await queue.consume(self._on_message)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        assert self._handler is not None
+        self._in_flight.add(task)
+        try:
+            await self._handler(_RabbitDelivery(self, message))
+        except Exception:
+            log.exception("Event handler failed; returning the message to the queue")
+            # A pause first: a handler bug must not turn into a redelivery hot loop.
+            await asyncio.sleep(1)
+            with contextlib.suppress(Exception):
+                await message.nack(requeue=True)
+        finally:
+            self._in_flight.discard(task)
+
+    async def stop_consuming(self, grace_seconds: float = 30.0) -> None:
+        if self._consume_queue is not None and self._consumer_tag is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    self._consume_queue.cancel(self._consumer_tag), self._publish_timeout
+                )
+            self._consumer_tag = None
+        if self._in_flight:
+            await asyncio.wait(set(self._in_flight), timeout=grace_seconds)
+
+    async def wait_unrecoverable(self, check_interval: float = 1.0) -> None:
+        """Return once the connection (or the consuming channel) has been down too long."""
+        limit = self._settings.rabbitmq_resume_timeout_seconds
+        while True:
+            await asyncio.sleep(check_interval)
+            healthy = self.connected and (
+                self._consume_channel is None or not self._consume_channel.is_closed
+            )
+            now = time.monotonic()
+            if healthy:
+                if self._down_since is not None:
+                    log.info("RabbitMQ connection resumed")
+                self._down_since = None
+                continue
+            if self._down_since is None:
+                log.warning("RabbitMQ connection lost; waiting for it to resume")
+                self._down_since = now
+            elif now - self._down_since > limit:
+                return
+
+    async def close(self) -> None:
+        await self.stop_consuming()
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._connection.close(), self._publish_timeout)
+        self._connection = None
+        self._topology = None

@@ -1,0 +1,88 @@
+"""The sweeper: the database, not the task queue, decides that an order still needs processing.
+
+It runs in the relay process (every relay; `FOR UPDATE SKIP LOCKED` splits the work between
+replicas) rather than in Celery beat: the relay is already the long-lived process that owns the
+outbox, and beat would be one more single-instance process to run and supervise.
+
+An order whose `processed_at` is still empty `PROCESSING_TIMEOUT_SECONDS` after its last hand-off
+(or after its creation, if it was never handed off: a dead-lettered event, an outbox row that
+waited out a long RabbitMQ outage) is dispatched again. The task's own check makes a second
+run harmless, so a re-dispatch of an order that was merely slow costs one idle task, never a
+second processing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import timedelta
+
+import structlog
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from oms.config import Settings
+from oms.db import utcnow
+from oms.events.metrics import ORDERS_REDISPATCHED
+from oms.events.relay import update_backlog_metrics, wait_any
+from oms.orders.models import Order
+from oms.worker.dispatch import DispatchError, TaskDispatcher
+
+log = structlog.get_logger(__name__)
+
+
+class Sweeper:
+    def __init__(
+        self,
+        settings: Settings,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        dispatcher: TaskDispatcher,
+    ) -> None:
+        self._settings = settings
+        self._sessionmaker = sessionmaker
+        self._dispatcher = dispatcher
+
+    async def sweep_once(self) -> int:
+        """Re-dispatch overdue orders; returns how many were handed off."""
+        now = utcnow()
+        cutoff = now - timedelta(seconds=self._settings.processing_timeout_seconds)
+        last_hand_off = func.coalesce(Order.dispatched_at, Order.created_at)
+        dispatched: list[uuid.UUID] = []
+        async with self._sessionmaker.begin() as session:
+            overdue = (
+                await session.scalars(
+                    select(Order.id)
+                    .where(Order.processed_at.is_(None), last_hand_off < cutoff)
+                    .order_by(Order.created_at)
+                    .limit(self._settings.sweeper_batch_size)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            for order_id in overdue:
+                try:
+                    await self._dispatcher.dispatch(order_id, None)
+                except DispatchError as error:
+                    log.warning("Sweeper cannot dispatch; will try again", error=str(error))
+                    break
+                dispatched.append(order_id)
+            if dispatched:
+                await session.execute(
+                    update(Order).where(Order.id.in_(dispatched)).values(dispatched_at=now)
+                )
+        if dispatched:
+            ORDERS_REDISPATCHED.inc(len(dispatched))
+            log.warning(
+                "Re-dispatched orders still unprocessed after the timeout",
+                count=len(dispatched),
+                timeout_seconds=self._settings.processing_timeout_seconds,
+            )
+        return len(dispatched)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.sweep_once()
+                await update_backlog_metrics(self._sessionmaker)
+            except Exception as error:
+                log.warning("Sweep failed", error=f"{type(error).__name__}: {error}")
+            await wait_any(stop, None, self._settings.sweeper_interval_seconds)

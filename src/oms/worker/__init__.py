@@ -1,0 +1,1 @@
+"""Background processing: the Celery app, the `process_order` task and how it is dispatched."""

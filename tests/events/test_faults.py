@@ -1,0 +1,139 @@
+"""Whatever dies when, every order is processed exactly once (SPEC 5)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aio_pika
+
+from tests.events.conftest import PROCESSED, RABBITMQ_URL, Pipeline
+from tests.support.processes import eventually
+from tests.support.redis_server import RedisServer
+from tests.support.tcp_proxy import TcpProxy
+
+HANDED_OFF = "Event handed off to process_order"
+
+
+async def test_rabbitmq_outage_delays_events_but_loses_none(pipeline: Pipeline) -> None:
+    # RabbitMQ "stops" for the relay and the consumer: a proxy we cut, the shared broker stays up.
+    proxy = TcpProxy("127.0.0.1", 5672)
+    await proxy.start()
+    via_proxy = f"amqp://guest:guest@127.0.0.1:{proxy.port}/"
+    pipeline.start("worker")
+    consumer = pipeline.start("consumer", RABBITMQ_URL=via_proxy)
+    relay = pipeline.start("relay", RABBITMQ_URL=via_proxy)
+    await eventually(
+        lambda: consumer.events("Consumer started") and relay.events("Connected to RabbitMQ"),
+        30,
+        pipeline.logs,
+    )
+
+    await proxy.stop()
+    order_ids = await pipeline.create_orders(50)  # every one a 201
+    await eventually(lambda: relay.events("Publishing failed; backing off"), 20, pipeline.logs)
+    assert pipeline.query("SELECT count(*) FROM outbox WHERE published_at IS NULL") == [(50,)]
+    # Every waiting row records the failed attempts and why.
+    await eventually(
+        lambda: (
+            pipeline.query("SELECT bool_and(attempts > 0 AND last_error IS NOT NULL) FROM outbox")
+            == [(True,)]
+        ),
+        20,
+    )
+
+    await proxy.start()
+    await pipeline.wait_processed(order_ids, 90)
+    pipeline.assert_processed_exactly_once(order_ids)
+    assert relay.events("Publishing works again")
+    assert [process.stop() for process in pipeline.processes] == [0, 0, 0]
+    await proxy.stop()
+
+
+async def test_consumer_killed_mid_stream_loses_and_duplicates_nothing(
+    pipeline: Pipeline,
+) -> None:
+    pipeline.start("worker")
+    pipeline.start("relay")
+    consumer = pipeline.start("consumer", CONSUMER_PREFETCH="4")
+    creating = asyncio.create_task(pipeline.create_orders(60, concurrency=4))
+    await eventually(lambda: len(consumer.events(HANDED_OFF)) >= 5, 30, pipeline.logs)
+    consumer.kill()
+
+    order_ids = await creating
+    pipeline.start("consumer")
+    await pipeline.wait_processed(order_ids, 90)
+    pipeline.assert_processed_exactly_once(order_ids)
+
+
+async def test_worker_killed_during_the_sleep_runs_the_task_again_once(
+    pipeline: Pipeline,
+) -> None:
+    # Only the broker's redelivery of the unacked task can bring it back here: the sweeper's
+    # timeout is far beyond the test.
+    overrides = {"CELERY_VISIBILITY_TIMEOUT_SECONDS": "3", "PROCESSING_TIMEOUT_SECONDS": "600"}
+    first = pipeline.start("worker", **overrides)
+    pipeline.start("consumer", **overrides)
+    pipeline.start("relay", **overrides)
+    [order_id] = await pipeline.create_orders(1)
+    await eventually(lambda: first.events("Processing order"), 30, pipeline.logs)
+    first.kill()
+    assert pipeline.unprocessed([order_id]) == [order_id]
+
+    second = pipeline.start("worker", **overrides)
+    await eventually(lambda: second.events(PROCESSED.format(order_id)), 60, pipeline.logs)
+    await pipeline.wait_processed([order_id], 10)
+    pipeline.assert_processed_exactly_once([order_id])
+
+
+async def test_redis_restart_drops_queued_tasks_and_the_sweeper_recovers_them(
+    pipeline: Pipeline, redis_server: RedisServer
+) -> None:
+    overrides = {"PROCESSING_TIMEOUT_SECONDS": "8", "WORKER_CONCURRENCY": "16"}
+    worker = pipeline.start("worker", **overrides)
+    consumer = pipeline.start("consumer", **overrides)
+    relay = pipeline.start("relay", **overrides)
+    await eventually(lambda: consumer.events("Consumer started"), 30, pipeline.logs)
+    order_ids = await pipeline.create_orders(50)
+    await eventually(lambda: len(consumer.events(HANDED_OFF)) == 50, 30, pipeline.logs)
+
+    redis_server.restart()  # no persistence: the tasks still queued are gone
+
+    await pipeline.wait_processed(order_ids, 120)
+    pipeline.assert_processed_exactly_once(order_ids)
+    assert relay.events("Re-dispatched orders still unprocessed after the timeout")
+    # The same worker process went on consuming after Redis came back.
+    assert worker.running
+    assert len(worker.events("Processing order")) > 16
+
+
+async def test_a_duplicate_event_is_dropped_and_a_malformed_one_dead_lettered(
+    pipeline: Pipeline,
+) -> None:
+    pipeline.start("worker")
+    consumer = pipeline.start("consumer")
+    pipeline.start("relay")
+    [order_id] = await pipeline.create_orders(1)
+    await pipeline.wait_processed([order_id], 30)
+
+    [(event_id, payload)] = pipeline.query("SELECT event_id::text, payload::text FROM outbox")
+    connection = await aio_pika.connect(RABBITMQ_URL, timeout=5)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        exchange = await channel.get_exchange(pipeline.env["RABBITMQ_EXCHANGE"])
+        again = aio_pika.Message(payload.encode(), message_id=event_id, type="new_order")
+        await exchange.publish(again, routing_key="new_order")
+        await eventually(lambda: consumer.events("Duplicate event dropped"), 30, pipeline.logs)
+
+        garbage = aio_pika.Message(b'{"event_id": "not a uuid"', message_id="garbage")
+        await exchange.publish(garbage, routing_key="new_order")
+        dlq = await channel.get_queue(pipeline.env["NEW_ORDER_QUEUE"] + ".dlq")
+
+        async def dead_lettered() -> aio_pika.abc.AbstractIncomingMessage | None:
+            return await dlq.get(no_ack=True, fail=False)
+
+        message = await eventually(dead_lettered, 30, pipeline.logs)
+        assert message.body == b'{"event_id": "not a uuid"'
+        assert message.message_id == "garbage"
+
+    pipeline.assert_processed_exactly_once([order_id])
+    assert len(consumer.events(HANDED_OFF)) == 1
