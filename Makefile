@@ -4,7 +4,7 @@ PYTHON ?= python3
 # uv from PATH, else bootstrapped from PyPI into .tools/ (needs only Python 3.11).
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
 
-.PHONY: run test lint format fuzz up stack
+.PHONY: run test lint format fuzz up stack bench
 
 run: .venv/.synced
 	$(UV) run oms dev
@@ -17,8 +17,8 @@ fuzz: .venv/.synced
 	OMS_FUZZ_EXAMPLES=$${OMS_FUZZ_EXAMPLES:-1000} $(UV) run pytest tests/test_fuzz.py
 
 lint: .venv/.synced
-	$(UV) run ruff check src tests migrations
-	$(UV) run ruff format --check src tests migrations
+	$(UV) run ruff check src tests migrations bench
+	$(UV) run ruff format --check src tests migrations bench
 	$(UV) run mypy src
 
 # The production topology on this machine: migrate, then api, relay, consumer and worker as
@@ -26,6 +26,20 @@ lint: .venv/.synced
 # local PostgreSQL, Redis and RabbitMQ on 127.0.0.1).
 stack: .venv/.synced
 	$(UV) run scripts/stack
+
+# Throughput and latency of the real API process under wrk, as ratios to GET /health measured in
+# the same run (bench/run.py; README "Performance"). Needs the local PostgreSQL and Redis; about
+# 5 minutes. BENCH_ARGS="--quick" checks the tooling in about a minute.
+bench: .venv/.synced
+	@command -v wrk >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    echo "Installing wrk (apt-get install -y wrk)"; \
+	    { apt-get install -y wrk || { apt-get update && apt-get install -y wrk; }; } >/dev/null; \
+	  else \
+	    echo "make bench needs wrk (https://github.com/wg/wrk): no apt-get here, install it yourself" >&2; \
+	    exit 2; \
+	  fi; }
+	$(UV) run python -m bench.run $(BENCH_ARGS)
 
 # The whole service in Docker Compose (postgres, redis, rabbitmq, migrate, api, relay, consumer,
 # worker). Needs Docker with the compose plugin.
@@ -44,8 +58,8 @@ up: .env
 	@echo "Created .env with generated secrets"
 
 format: .venv/.synced
-	$(UV) run ruff check --fix src tests migrations
-	$(UV) run ruff format src tests migrations
+	$(UV) run ruff check --fix src tests migrations bench
+	$(UV) run ruff format src tests migrations bench
 
 $(CURDIR)/.tools/bin/uv:
 	$(PYTHON) -m venv .tools

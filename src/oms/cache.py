@@ -62,6 +62,20 @@ class OrderCache(Protocol):
     async def close(self) -> None: ...
 
 
+class DisabledOrderCache:
+    """`CACHE_ENABLED=false`: every read is a miss and writes are dropped."""
+
+    async def get(self, order_id: uuid.UUID) -> bytes | None:
+        CACHE_MISSES.inc()
+        return None
+
+    async def put(self, order_id: uuid.UUID, body: bytes, version: int) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
 class InMemoryOrderCache:
     """A bounded TTL cache living in one process."""
 
@@ -158,7 +172,7 @@ class RedisOrderCache:
         log.info("cache_entries_invalidated_after_outage", count=len(pending))
 
 
-def get_order_cache(request: Request) -> OrderCache:
+async def get_order_cache(request: Request) -> OrderCache:
     cache: OrderCache = request.app.state.order_cache
     return cache
 

@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     db_pool_timeout_seconds: float = Field(5.0, gt=0, le=60)
     db_connect_timeout_seconds: float = Field(3.0, gt=0, le=60)
     db_statement_timeout_seconds: float = Field(10.0, gt=0, le=600)
+    # A pooled connection idle longer than this is pinged before use (0: before every use).
+    db_pool_ping_idle_seconds: float = Field(5.0, ge=0, le=3600)
 
     redis_url: str | None = None
     redis_timeout_seconds: float = Field(0.1, gt=0, le=10)
@@ -45,6 +47,8 @@ class Settings(BaseSettings):
     rabbitmq_url: str | None = None
 
     cache_ttl_seconds: int = Field(300, ge=1, le=86_400)
+    # false: every order read goes to the database (the bench's uncached GET; troubleshooting).
+    cache_enabled: bool = True
     rate_limit_times: int = Field(100, ge=1)
     rate_limit_seconds: int = Field(60, ge=1)
     auth_rate_limit: str = "10/minute"

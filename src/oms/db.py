@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -10,7 +11,7 @@ from fastapi import Depends, Request
 from sqlalchemy import JSON, DateTime, MetaData, event
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect, Engine
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -72,12 +73,11 @@ def create_engine(settings: Settings) -> AsyncEngine:
         )
         serialise_sqlite_writers(engine.sync_engine)
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         settings.database_url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout_seconds,
-        pool_pre_ping=True,
         pool_recycle=1800,
         connect_args={
             "timeout": settings.db_connect_timeout_seconds,
@@ -85,6 +85,35 @@ def create_engine(settings: Settings) -> AsyncEngine:
             "server_settings": {"application_name": "oms"},
         },
     )
+    _ping_idle_connections(engine, settings.db_pool_ping_idle_seconds)
+    return engine
+
+
+def _ping_idle_connections(engine: AsyncEngine, idle_seconds: float) -> None:
+    """Pessimistic disconnect handling, for connections that sat idle in the pool.
+
+    `pool_pre_ping` would ping on every checkout, and the asyncpg dialect's ping is three round
+    trips (BEGIN, `;`, ROLLBACK): more than the query most requests make. A connection returned
+    moments ago is as alive as a ping would show, so only one idle for `idle_seconds` (e.g. through
+    a quiet period in which PostgreSQL restarted) is pinged first; a dead one is replaced before
+    the request sees it (the pool retries the checkout). A connection that dies while busy fails
+    its request with 503, as it would with pre-ping, and the pool then drops its other
+    connections opened before the failure.
+    """
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info["checked_in_at"] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        checked_in_at = record.info.get("checked_in_at")
+        if checked_in_at is None or time.monotonic() - checked_in_at < idle_seconds:
+            return  # just connected, or used moments ago
+        try:
+            dbapi_connection.ping()
+        except Exception as error:
+            raise DisconnectionError("idle pooled connection failed its ping") from error
 
 
 def serialise_sqlite_writers(engine: Engine) -> None:
@@ -133,3 +162,12 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 
 
 DbSession = Annotated[AsyncSession, Depends(get_session)]
+
+
+async def get_sessionmaker(request: Request) -> async_sessionmaker[AsyncSession]:
+    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
+    return sessionmaker
+
+
+# For routes that need the database only sometimes (a cache miss): no session unless used.
+Sessions = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessionmaker)]

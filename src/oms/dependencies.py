@@ -1,4 +1,8 @@
-"""Accessors for the per-process resources the lifespan puts on `app.state`."""
+"""Accessors for the per-process resources the lifespan puts on `app.state`.
+
+Dependencies that only read `app.state` are `async def`: FastAPI runs a plain `def` dependency in
+its thread pool, a thread hand-off per request for a dictionary lookup.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from fastapi import Depends, Request
 from oms.config import Settings
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 

@@ -9,7 +9,7 @@ from fastapi import Depends, FastAPI
 
 from oms.auth.passwords import PasswordHasher
 from oms.auth.router import router as auth_router
-from oms.cache import InMemoryOrderCache, OrderCache, RedisOrderCache
+from oms.cache import DisabledOrderCache, InMemoryOrderCache, OrderCache, RedisOrderCache
 from oms.config import Settings, get_settings
 from oms.cors import add_cors
 from oms.db import create_engine, create_sessionmaker
@@ -45,7 +45,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Redis when configured (shared by replicas), else in-process (embedded mode).
         redis = RedisGuard(create_redis_client(settings), settings) if settings.redis_url else None
         cache: OrderCache
-        if redis is None:
+        if not settings.cache_enabled:
+            cache = DisabledOrderCache()
+        elif redis is None:
             cache = InMemoryOrderCache(settings.cache_ttl_seconds)
         else:
             cache = RedisOrderCache(redis, settings.cache_ttl_seconds)

@@ -3,9 +3,11 @@
 The moving window keeps one timestamp per request in the window (at most the limit), so the
 headers are exact: `RateLimit-Reset` and `Retry-After` say when the oldest request leaves the
 window and frees a slot. The windows live in Redis so replicas share them; they reuse the
-process's Redis connection pool and go through its circuit breaker. When Redis cannot answer,
-the same limits are enforced by a per-process in-memory window instead: a limiter outage never
-becomes a 500.
+process's Redis connection pool and go through its circuit breaker. In Redis, a decision is one
+round trip: `HIT_AND_COUNT_LUA` does what `limits`' moving-window `hit` and `get_window_stats`
+do (its own Lua scripts, two calls) on the same keys, in one script. When Redis cannot answer,
+the same limits are enforced by a per-process in-memory window (`limits`' `MemoryStorage`)
+instead: a limiter outage never becomes a 500.
 
 Two FastAPI dependencies attach the limits to routers: `limit_per_client` (RATE_LIMIT_TIMES per
 RATE_LIMIT_SECONDS per client per route; the client is the verified JWT subject when a valid
@@ -25,7 +27,7 @@ from typing import Any, Literal
 import structlog
 from fastapi import Request
 from limits import RateLimitItem, RateLimitItemPerSecond, parse
-from limits.aio.storage import MemoryStorage, RedisStorage
+from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.aio.strategies import RateLimiter as WindowLimiter
 from prometheus_client import Counter
@@ -41,7 +43,48 @@ log = structlog.get_logger(__name__)
 
 LimitName = Literal["client", "auth"]
 STATE_KEY = "rate_limit"
+# The verified subject of the request's bearer token, kept so authentication does not decode
+# the same token a second time: (token, user id).
+TOKEN_SUBJECT_STATE_KEY = "token_subject"  # noqa: S105 - an attribute name
 KEY_PREFIX = "oms:ratelimit"
+
+# One moving-window decision, atomically: `limits`' acquire_moving_window.lua (take a slot unless
+# the window holds `limit` entries newer than now - expiry) followed by its moving_window.lua
+# (binary search for the oldest entry still in the window). Same list layout and key names as
+# `limits`' RedisStorage (newest timestamp first, trimmed to `limit`, expiring after `expiry`).
+# KEYS: the window list; ARGV: now (float seconds), limit, expiry (seconds).
+# Returns {allowed (0/1), number of entries in the window, oldest entry (string) or false}.
+HIT_AND_COUNT_LUA = """
+local now = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local expiry = tonumber(ARGV[3])
+local start = now - expiry
+
+local allowed = 0
+local entry = redis.call('LINDEX', KEYS[1], limit - 1)
+if not (entry and tonumber(entry) >= start) then
+    redis.call('LPUSH', KEYS[1], ARGV[1])
+    redis.call('LTRIM', KEYS[1], 0, limit - 1)
+    redis.call('EXPIRE', KEYS[1], expiry)
+    allowed = 1
+end
+
+local low, high, oldest = 0, math.min(redis.call('LLEN', KEYS[1]), limit) - 1, nil
+while low <= high do
+    local mid = math.floor((low + high) / 2)
+    local value = redis.call('LINDEX', KEYS[1], mid)
+    if value and tonumber(value) >= start then
+        oldest = mid
+        low = mid + 1
+    else
+        high = mid - 1
+    end
+end
+if oldest == nil then
+    return {allowed, 0, false}
+end
+return {allowed, oldest + 1, redis.call('LINDEX', KEYS[1], oldest)}
+"""
 
 RATE_LIMIT_REJECTIONS = Counter(
     "oms_rate_limit_rejections", "Requests answered 429 by the rate limiter", ["limit"]
@@ -94,27 +137,36 @@ class RateLimiter:
         self._guard = guard
         self._memory_storage = MemoryStorage()
         self._memory = MovingWindowRateLimiter(self._memory_storage)
-        self._shared: WindowLimiter | None = None
-        if guard is not None:
-            # The URI only selects redis-py; connections come from the shared pool.
-            storage = RedisStorage(
-                "async+redis://",
-                implementation="redispy",
-                key_prefix=KEY_PREFIX,
-                # Documented option; limits types **options as scalars only.
-                connection_pool=guard.client.connection_pool,  # type: ignore[arg-type]
-            )
-            self._shared = MovingWindowRateLimiter(storage)
+        self._hit_and_count = (
+            guard.client.register_script(HIT_AND_COUNT_LUA) if guard is not None else None
+        )
 
     async def hit(self, name: LimitName, *identifiers: str) -> RateLimitDecision:
         item = self.limits[name]
-        if self._shared is not None and self._guard is not None:
-            shared = self._shared
+        if self._guard is not None:
             try:
-                return await self._guard.run(lambda: _hit(shared, item, identifiers))
+                return await self._guard.run(lambda: self._hit_shared(item, identifiers))
             except RedisUnavailableError as unavailable:
                 RATE_LIMIT_FALLBACKS.labels(reason=unavailable.reason).inc()
         return await _hit(self._memory, item, identifiers)
+
+    async def _hit_shared(
+        self, item: RateLimitItem, identifiers: tuple[str, ...]
+    ) -> RateLimitDecision:
+        assert self._hit_and_count is not None
+        key = f"{KEY_PREFIX}:{item.key_for(*identifiers)}"
+        expiry = item.get_expiry()
+        now = time.time()
+        allowed, count, oldest = await self._hit_and_count(
+            keys=[key], args=[repr(now), item.amount, expiry]
+        )
+        window_start = float(oldest) if oldest else now
+        return RateLimitDecision(
+            allowed=bool(allowed),
+            limit=item.amount,
+            remaining=item.amount - int(count),
+            reset_after_seconds=max(0, math.ceil(window_start + expiry - time.time())),
+        )
 
     async def close(self) -> None:
         # The in-memory storage expires entries with a background task.
@@ -166,11 +218,15 @@ def _route_of(request: Request) -> str:
 
 def _client_of(request: Request, settings: Settings) -> str:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
     if scheme.lower() == "bearer" and token:
         try:
-            return f"user:{user_id_from_token(token.strip(), settings)}"
+            user_id = user_id_from_token(token, settings)
         except AuthenticationError:
             pass  # an invalid token is limited like an anonymous caller
+        else:
+            setattr(request.state, TOKEN_SUBJECT_STATE_KEY, (token, user_id))
+            return f"user:{user_id}"
     return f"ip:{_peer_ip(request)}"
 
 

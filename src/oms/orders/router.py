@@ -8,7 +8,7 @@ from fastapi import Header, Query, Response, status
 
 from oms.auth.dependencies import CurrentUser
 from oms.cache import Cache
-from oms.db import DbSession
+from oms.db import DbSession, Sessions
 from oms.exceptions import PermissionDeniedError
 from oms.openapi import error_responses
 from oms.orders import service
@@ -60,10 +60,10 @@ async def create_order(
     summary="Read an order",
 )
 async def get_order(
-    order_id: uuid.UUID, user: CurrentUser, session: DbSession, cache: Cache
+    order_id: uuid.UUID, user: CurrentUser, sessions: Sessions, cache: Cache
 ) -> Response:
     return Response(
-        await service.get_order_json(session, cache, user.id, order_id), media_type=JSON
+        await service.get_order_json(sessions, cache, user.id, order_id), media_type=JSON
     )
 
 

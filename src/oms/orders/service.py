@@ -10,7 +10,7 @@ from datetime import timedelta
 from pydantic import BaseModel
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from oms.cache import OrderCache
 from oms.db import utcnow
@@ -141,15 +141,20 @@ def _advisory_lock_id(user_id: int, key: str) -> int:
 
 
 async def get_order_json(
-    session: AsyncSession, cache: OrderCache, user_id: int, order_id: uuid.UUID
+    sessions: async_sessionmaker[AsyncSession],
+    cache: OrderCache,
+    user_id: int,
+    order_id: uuid.UUID,
 ) -> bytes:
-    """The order's JSON, from the cache when it holds it, else from the database."""
+    """The order's JSON, from the cache when it holds it, else from the database (a session is
+    opened only on a miss: a hit needs none)."""
     body = await cache.get(order_id)
     if body is not None:
         if _Owner.model_validate_json(body).user_id != user_id:
             raise PermissionDeniedError(NOT_YOUR_ORDER)
         return body
-    order = _owned(await session.get(Order, order_id), user_id)
+    async with sessions() as session:
+        order = _owned(await session.get(Order, order_id), user_id)
     body = order_json(order)
     await cache.put(order.id, body, order.version)
     return body
