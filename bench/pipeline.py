@@ -1,18 +1,23 @@
-"""Event pipeline benchmark: commit → consumer hand-off latency and the relay's publish rate.
+"""Event pipeline benchmark: commit → hand-off and → processed latency, relay and consumer rates.
 
-Runs `oms relay` and `oms consumer` as real processes against PostgreSQL, RabbitMQ and Redis
-(db 1, a queue of its own, deleted afterwards), on a fresh database and unique queue names:
+Runs `oms relay`, `oms consumer` and (phase 3) `oms worker` as real processes against
+PostgreSQL, RabbitMQ and Redis (db 1, a queue of its own, deleted afterwards), on a fresh
+database and unique queue names:
 
-1. live: N orders are committed at `--rate` per second (below the consumer's capacity, so the
-   figure is the pipeline's latency, not a queue's length) while relay and consumer run; each
-   is `orders.dispatched_at - orders.created_at` (the consumer stamps `dispatched_at` right
-   after `apply_async` returned, in the inbox transaction);
-2. backlog: with the relay stopped, N more orders pile up in the outbox; the relay is started
-   and the drain rate is N / (last `published_at` - relay start); the consumer's likewise from
-   the last `dispatched_at`.
+1. live: `--rate` orders per second for `--seconds` are committed while relay and consumer
+   run; each latency is `orders.dispatched_at - orders.created_at` (the consumer stamps
+   `dispatched_at` right after `apply_async` returned, in the inbox transaction);
+2. backlog: with the relay stopped, the same number of orders pile up in the outbox; the relay
+   is started and the drain rate is N / (last `published_at` - relay start); the consumer's
+   likewise from the last `dispatched_at`;
+3. processed: with a worker of `--worker-concurrency` threads, `--processed-orders` orders at
+   `--processed-rate` per second (the workers are not saturated); each latency is
+   `processed_at - created_at` (the task sleeps 2 s by specification);
+4. relay drain: `--drain` backlogs (default 10 000 and 100 000 rows, bulk-inserted) published
+   by one relay with nothing consuming; events per second from relay start to the last row.
 
-No worker runs: the hand-off is the end of the measured path. Usage:
-    uv run python bench/pipeline.py [--orders 1000] [--output bench/pipeline.json]
+Usage:
+    uv run python bench/pipeline.py [--rate 200 --seconds 30] [--drain 10000 100000]
 """
 
 from __future__ import annotations
@@ -56,9 +61,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def start(role: str, env: dict[str, str], cwd: str) -> subprocess.Popen[bytes]:
+def start(role: str, env: dict[str, str], cwd: str, *args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(  # noqa: S603 - our own CLI
-        [sys.executable, "-m", "oms.cli", role],
+        [sys.executable, "-m", "oms.cli", role, *args],
         env={"PATH": os.environ.get("PATH", ""), **env},
         cwd=cwd,
         stdout=subprocess.DEVNULL,
@@ -95,11 +100,15 @@ def wait_until(condition: Any, timeout: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--orders", type=int, default=1000)
-    parser.add_argument("--rate", type=float, default=50.0, help="live phase orders per second")
+    parser.add_argument("--rate", type=float, default=200.0, help="live phase orders per second")
+    parser.add_argument("--seconds", type=float, default=30.0, help="live phase duration")
+    parser.add_argument("--processed-orders", type=int, default=100)
+    parser.add_argument("--processed-rate", type=float, default=20.0)
+    parser.add_argument("--worker-concurrency", type=int, default=64)
+    parser.add_argument("--drain", type=int, nargs="*", default=[10_000, 100_000])
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
-    n = args.orders
+    n = max(1, int(args.rate * args.seconds))
 
     suffix = uuid.uuid4().hex[:10]
     db_name = f"oms_bench_{suffix}"
@@ -130,8 +139,8 @@ def main() -> None:
                 "VALUES ('bench@example.com', 'x', now()) RETURNING id"
             ).fetchone()[0]  # type: ignore[index]
 
-            def count(query: str) -> int:
-                return int(db.execute(query).fetchone()[0])  # type: ignore[index]
+            def count(query: str, *params: object) -> int:
+                return int(db.execute(query, params).fetchone()[0])  # type: ignore[index]
 
             consumer = start("consumer", env, workdir)
             relay = start("relay", env, workdir)
@@ -159,7 +168,8 @@ def main() -> None:
             relay.wait(30)
             asyncio.run(create_orders(settings, user_id, n))
             relay_started = datetime.now(UTC)
-            processes.append(start("relay", env, workdir))
+            relay = start("relay", env, workdir)
+            processes.append(relay)
             wait_until(
                 lambda: count("SELECT count(*) FROM outbox WHERE published_at IS NULL") == 0, 120
             )
@@ -176,6 +186,47 @@ def main() -> None:
             )
             handed = db.execute("SELECT max(dispatched_at) FROM orders").fetchone()[0]  # type: ignore[index]
             consumer_seconds = (handed - relay_started).total_seconds()
+
+            # 3. Processed: commit -> the worker's processed mark, workers not saturated. The
+            # tasks of phases 1 and 2 are dropped first, so they do not occupy the workers.
+            redis.Redis.from_url(CELERY_BROKER_URL).delete(env["CELERY_QUEUE"])
+            worker = start("worker", env, workdir, f"--concurrency={args.worker_concurrency}")
+            processes.append(worker)
+            time.sleep(3)  # connected to the broker
+            marker = datetime.now(UTC)
+            asyncio.run(
+                create_orders(settings, user_id, args.processed_orders, args.processed_rate)
+            )
+            wait_until(
+                lambda: (
+                    count(
+                        "SELECT count(*) FROM orders"
+                        " WHERE processed_at IS NULL AND created_at > %s",
+                        marker,
+                    )
+                    == 0
+                ),
+                180,
+            )
+            processed = [
+                row[0]
+                for row in db.execute(
+                    "SELECT extract(epoch FROM processed_at - created_at)::float * 1000"
+                    " FROM orders WHERE created_at > %s",
+                    (marker,),
+                ).fetchall()
+            ]
+            worker.terminate()
+            worker.wait(60)
+            for role in (consumer, relay):
+                role.terminate()
+                role.wait(30)
+
+            # 4. Relay drain of large backlogs, nothing consuming.
+            drains = {
+                size: drain_backlog(db, env, workdir, processes, user_id, size)
+                for size in args.drain
+            }
     finally:
         for process in processes:
             if process.poll() is None:
@@ -205,11 +256,75 @@ def main() -> None:
         "relay_backlog_drain_seconds": round(drain_seconds, 2),
         "relay_steady_events_per_second": round(steady_rate, 1),
         "consumer_backlog_drain_events_per_second": round(n / consumer_seconds, 1),
-        "note": "relay drain time includes process start, connect and topology declaration",
+        "commit_to_processed_ms": {
+            "orders": len(processed),
+            "rate": args.processed_rate,
+            "worker_concurrency": args.worker_concurrency,
+            "p50": round(percentile(processed, 50), 1),
+            "p99": round(percentile(processed, 99), 1),
+        },
+        "relay_drain": drains,
+        "note": "relay drain times include process start, connect and topology declaration",
     }
     print(json.dumps(result, indent=2))
     if args.output:
         args.output.write_text(json.dumps(result, indent=2) + "\n")
+
+
+BULK_BACKLOG = """
+WITH new_orders AS (
+    INSERT INTO orders (id, user_id, items, total_price, status, version, created_at, updated_at)
+    SELECT gen_random_uuid(), %(user_id)s, '[{"product_id": "SKU-1", "name": null,
+            "quantity": 1, "price": 9.99}]'::jsonb, 9.99, 'PENDING', 1, now(), now()
+    FROM generate_series(1, %(size)s)
+    RETURNING id, user_id, created_at
+)
+INSERT INTO outbox (event_id, event_type, payload, headers, created_at, attempts)
+SELECT event_id, 'new_order', jsonb_build_object(
+        'event_id', event_id, 'event_type', 'new_order', 'occurred_at', created_at,
+        'order_id', id, 'user_id', user_id, 'total_price', 9.99,
+        'items', '[{"product_id": "SKU-1", "name": null, "quantity": 1, "price": 9.99}]'::jsonb),
+    '{}'::jsonb, created_at, 0
+FROM (SELECT gen_random_uuid() AS event_id, * FROM new_orders) AS events
+"""
+
+
+def drain_backlog(
+    db: psycopg.Connection[Any],
+    env: dict[str, str],
+    workdir: str,
+    processes: list[subprocess.Popen[bytes]],
+    user_id: int,
+    size: int,
+) -> dict[str, float]:
+    """Bulk-insert `size` orders with their outbox rows, then time one relay publishing them."""
+    db.execute(BULK_BACKLOG, {"user_id": user_id, "size": size})
+    started = datetime.now(UTC)
+    relay = start("relay", env, workdir)
+    processes.append(relay)
+    wait_until(
+        lambda: (
+            int(
+                db.execute("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetchone()[0]  # type: ignore[index]
+            )
+            == 0
+        ),
+        900,
+    )
+    last = db.execute("SELECT max(published_at) FROM outbox").fetchone()[0]  # type: ignore[index]
+    relay.terminate()
+    relay.wait(30)
+    asyncio.run(_purge_queue(env))
+    seconds = (last - started).total_seconds()
+    return {"seconds": round(seconds, 2), "events_per_second": round(size / seconds, 1)}
+
+
+async def _purge_queue(env: dict[str, str]) -> None:
+    connection = await aio_pika.connect(RABBITMQ_URL, timeout=5)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.get_queue(env["NEW_ORDER_QUEUE"])
+        await queue.purge()
 
 
 async def _delete_queues(env: dict[str, str]) -> None:

@@ -416,7 +416,7 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         output = Path(tmp) / "pipeline.json"
         command = [sys.executable, str(script), "--output", str(output)]
         if args.quick:
-            command += ["--orders", "200"]
+            command += ["--seconds", "5", "--processed-orders", "20", "--drain", "2000"]
         subprocess.run(command, cwd=ROOT, check=True)  # noqa: S603
         result: dict[str, Any] = json.loads(output.read_text())
     return result
