@@ -21,3 +21,13 @@ end
 function auth(token)
   return { ["Authorization"] = "Bearer " .. token, ["Content-Type"] = "application/json" }
 end
+
+-- The default `init`: the rows, and a random stream per thread. A script may define its own.
+function init(args)
+  rows = load_rows(args[1])
+  math.randomseed(os.time() + tid)
+end
+
+function random_row()
+  return rows[math.random(#rows)]
+end

@@ -1,12 +1,7 @@
 -- GET /orders/{id}/ of a random seeded order, as its owner. Data: "token order_id" lines.
 dofile((debug.getinfo(1, "S").source:sub(2):match("(.*/)") or "./") .. "common.lua")
 
-function init(args)
-  rows = load_rows(args[1])
-  math.randomseed(os.time() + tid)
-end
-
 function request()
-  local row = rows[math.random(#rows)]
+  local row = random_row()
   return wrk.format("GET", "/orders/" .. row[2] .. "/", auth(row[1]))
 end

@@ -4,12 +4,7 @@ dofile((debug.getinfo(1, "S").source:sub(2):match("(.*/)") or "./") .. "common.l
 local body = '{"items": [{"product_id": "SKU-1", "name": "Widget", "quantity": 2, "price": 9.99},'
   .. ' {"product_id": "SKU-2", "quantity": 1, "price": 120.5}], "total_price": 140.48}'
 
-function init(args)
-  rows = load_rows(args[1])
-  math.randomseed(os.time() + tid)
-end
-
 function request()
-  local row = rows[math.random(#rows)]
+  local row = random_row()
   return wrk.format("POST", "/orders/", auth(row[1]), body)
 end
