@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit, urlunsplit
 
@@ -144,3 +145,41 @@ async def test_ready_reports_rabbitmq_without_depending_on_it(
     assert response.status_code == 200
     assert response.json()["status"] == overall
     assert response.json()["dependencies"]["rabbitmq"] == state
+
+
+async def _starting_up_postgres(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """What PostgreSQL answers while it recovers after a crash: FATAL 57P03, then it hangs up."""
+    length = int.from_bytes(await reader.readexactly(4), "big")
+    body = await reader.readexactly(length - 4)
+    if body[:4] == (80877103).to_bytes(4, "big"):  # SSLRequest: "no TLS", then the startup
+        writer.write(b"N")
+        length = int.from_bytes(await reader.readexactly(4), "big")
+        await reader.readexactly(length - 4)
+    fields = b"SFATAL\0VFATAL\0C57P03\0Mthe database system is starting up\0\0"
+    writer.write(b"E" + (len(fields) + 4).to_bytes(4, "big") + fields)
+    await writer.drain()
+    writer.close()
+
+
+async def test_database_starting_up_is_503(postgres_url: str) -> None:
+    # Found by the chaos drills: right after a PostgreSQL restart, connections are refused
+    # with SQLSTATE 57P03 ("starting up"), which the API answered with 500.
+    server = await asyncio.start_server(_starting_up_postgres, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    parts = urlsplit(postgres_url)
+    starting = urlunsplit(parts._replace(netloc=f"postgres@127.0.0.1:{port}"))
+    app = create_app(make_settings(starting))
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        server,
+        LifespanManager(app),
+        httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+    ):
+        register = await client.post(
+            "/register/", json={"email": "starting@example.com", "password": "a-long-password"}
+        )
+        ready = await client.get("/health/ready")
+
+    assert register.status_code == 503
+    assert register.json() == {"detail": "Database unavailable; please retry shortly"}
+    assert ready.status_code == 503

@@ -107,12 +107,24 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
+# SQLSTATEs that say "the server cannot serve you now", whatever the statement: connection
+# exceptions (class 08), too many connections, and a server shutting down, crashed or still
+# starting up (57P01-57P03; asyncpg's errors for them are not OperationalErrors).
+UNAVAILABLE_SQLSTATES = frozenset({"53300", "57P01", "57P02", "57P03"})
+
+
 def is_database_unavailable(exc: BaseException) -> bool:
     """True when the error means "cannot reach the database", not "the query was wrong"."""
     if isinstance(exc, PoolTimeoutError | OSError):
         return True
     if isinstance(exc, DBAPIError):
-        return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
+        sqlstate = str(getattr(exc.orig, "sqlstate", None) or "")
+        return (
+            exc.connection_invalidated
+            or isinstance(exc, OperationalError | InterfaceError)
+            or sqlstate.startswith("08")
+            or sqlstate in UNAVAILABLE_SQLSTATES
+        )
     return False
 
 
