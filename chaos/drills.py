@@ -388,6 +388,7 @@ async def run_all(
             context = {
                 "rabbitmq_node_start_seconds": round(topology.rabbitmq_start_seconds, 2),
                 "orders_created": len(load.created),
+                "transport_errors": dict(load.transport_errors),
                 "timing": asdict(timing),
             }
             lines = topology.processed_lines()

@@ -9,6 +9,7 @@ in; every order answered 201 is remembered so the books can be checked afterward
 from __future__ import annotations
 
 import asyncio
+import collections
 import random
 import time
 import uuid
@@ -58,6 +59,7 @@ class Load:
     samples: list[Sample] = field(default_factory=list)
     created: dict[str, float] = field(default_factory=dict)  # order id -> when its 201 arrived
     replay_mismatches: list[str] = field(default_factory=list)
+    transport_errors: collections.Counter[str] = field(default_factory=collections.Counter)
     users: list[LoadUser] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -127,8 +129,9 @@ class Load:
             phase, sent_at = self.phase, time.monotonic()
             try:
                 status = await request
-            except httpx.TransportError:
+            except httpx.TransportError as error:
                 status = TRANSPORT_ERROR
+                self.transport_errors[f"{kind}: {type(error).__name__}"] += 1
             self.samples.append(Sample(phase, kind, status, sent_at))
         finally:
             semaphore.release()

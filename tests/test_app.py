@@ -9,6 +9,8 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+from sqlalchemy.exc import InterfaceError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from oms.config import Settings
 from oms.main import create_app
@@ -183,3 +185,35 @@ async def test_database_starting_up_is_503(postgres_url: str) -> None:
     assert register.status_code == 503
     assert register.json() == {"detail": "Database unavailable; please retry shortly"}
     assert ready.status_code == 503
+
+
+class _ConnectionLostAtClose(AsyncSession):
+    """The database went away after the handler's last query: the closing rollback fails."""
+
+    async def close(self) -> None:
+        await super().close()
+        raise InterfaceError("ROLLBACK", None, Exception("the underlying connection is closed"))
+
+
+async def test_connection_lost_after_the_response_is_decided_keeps_the_response(
+    database_url: str,
+) -> None:
+    # Found by the chaos drills: during a PostgreSQL crash, the session's closing rollback
+    # raised after the response had started; the client saw a dropped connection.
+    app = create_app(make_settings(database_url))
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        LifespanManager(app),
+        httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+    ):
+        user = await register_and_login(client)
+        order = await create_order(client, user)
+        app.state.sessionmaker = async_sessionmaker(
+            app.state.engine, class_=_ConnectionLostAtClose, expire_on_commit=False
+        )
+        response = await client.get(f"/orders/{order['id']}/", headers=user.headers)
+        listed = await client.get(f"/orders/user/{user.id}/", headers=user.headers)
+
+    assert response.status_code == 200
+    assert response.json()["id"] == order["id"]
+    assert listed.status_code == 200

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import structlog
 from fastapi import Depends, Request
 from sqlalchemy import JSON, DateTime, MetaData, event
 from sqlalchemy.dialects.postgresql import JSONB
@@ -22,6 +24,8 @@ from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
 
 from oms.config import Settings
+
+_log = structlog.get_logger(__name__)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -130,8 +134,25 @@ def is_database_unavailable(exc: BaseException) -> bool:
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
-    async with sessionmaker() as session:
+    session = sessionmaker()
+    try:
         yield session
+    finally:
+        await _close(session)
+
+
+async def _close(session: AsyncSession) -> None:
+    """Close after the response is decided (it may already be on the wire). If the database
+    went away meanwhile, the closing rollback fails; the server has dropped the transaction
+    anyway, so that failure must not turn a sent answer into a broken connection."""
+    try:
+        await session.close()
+    except Exception as error:
+        if not is_database_unavailable(error):
+            raise
+        _log.warning("session_close_failed", error=type(error).__name__)
+        with contextlib.suppress(Exception):
+            await session.invalidate()
 
 
 DbSession = Annotated[AsyncSession, Depends(get_session)]
