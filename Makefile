@@ -4,7 +4,7 @@ PYTHON ?= python3
 # uv from PATH, else bootstrapped from PyPI into .tools/ (needs only Python 3.11).
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
 
-.PHONY: run test lint format fuzz up stack bench
+.PHONY: run test lint format fuzz up stack bench chaos soak
 
 run: .venv/.synced
 	$(UV) run oms dev
@@ -17,9 +17,20 @@ fuzz: .venv/.synced
 	OMS_FUZZ_EXAMPLES=$${OMS_FUZZ_EXAMPLES:-1000} $(UV) run pytest tests/test_fuzz.py
 
 lint: .venv/.synced
-	$(UV) run ruff check src tests migrations bench
-	$(UV) run ruff format --check src tests migrations bench
+	$(UV) run ruff check src tests migrations bench chaos
+	$(UV) run ruff format --check src tests migrations bench chaos
 	$(UV) run mypy src
+
+# Fault drills under load on the production topology (private PostgreSQL, Redis and RabbitMQ
+# that the drills crash and restart; the shared servers are never touched). Prints a table per
+# fault and writes chaos/results/chaos-*.json; exits 1 if an order was lost or processed twice.
+chaos: .venv/.synced
+	$(UV) run python -m chaos
+
+# Mixed load on the same topology for SOAK_SECONDS (default 600): RSS and open descriptors of
+# every process and error counts over time; writes chaos/results/soak-*.json.
+soak: .venv/.synced
+	SOAK_SECONDS=$${SOAK_SECONDS:-600} $(UV) run python -m chaos soak
 
 # The production topology on this machine: migrate, then api, relay, consumer and worker as
 # separate processes (Procfile) against the services in the environment / .env (default: the
@@ -58,8 +69,8 @@ up: .env
 	@echo "Created .env with generated secrets"
 
 format: .venv/.synced
-	$(UV) run ruff check --fix src tests migrations bench
-	$(UV) run ruff format src tests migrations bench
+	$(UV) run ruff check --fix src tests migrations bench chaos
+	$(UV) run ruff format src tests migrations bench chaos
 
 $(CURDIR)/.tools/bin/uv:
 	$(PYTHON) -m venv .tools

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit, urlunsplit
@@ -10,7 +11,8 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.exc import InterfaceError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from oms.config import Settings
 from oms.main import create_app
@@ -182,3 +184,73 @@ async def test_too_many_connections_is_503(postgres_url: str, engine: AsyncEngin
         async with engine.begin() as connection:
             await connection.execute(text(f'DROP OWNED BY "{role}"'))
             await connection.execute(text(f'DROP ROLE "{role}"'))
+
+
+async def _starting_up_postgres(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """What PostgreSQL answers while it recovers after a crash: FATAL 57P03, then it hangs up."""
+    length = int.from_bytes(await reader.readexactly(4), "big")
+    body = await reader.readexactly(length - 4)
+    if body[:4] == (80877103).to_bytes(4, "big"):  # SSLRequest: "no TLS", then the startup
+        writer.write(b"N")
+        length = int.from_bytes(await reader.readexactly(4), "big")
+        await reader.readexactly(length - 4)
+    fields = b"SFATAL\0VFATAL\0C57P03\0Mthe database system is starting up\0\0"
+    writer.write(b"E" + (len(fields) + 4).to_bytes(4, "big") + fields)
+    await writer.drain()
+    writer.close()
+
+
+async def test_database_starting_up_is_503(postgres_url: str) -> None:
+    # Found by the chaos drills: right after a PostgreSQL restart, connections are refused
+    # with SQLSTATE 57P03 ("starting up"), which the API answered with 500.
+    server = await asyncio.start_server(_starting_up_postgres, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    parts = urlsplit(postgres_url)
+    starting = urlunsplit(parts._replace(netloc=f"postgres@127.0.0.1:{port}"))
+    app = create_app(make_settings(starting))
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        server,
+        LifespanManager(app),
+        httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+    ):
+        register = await client.post(
+            "/register/", json={"email": "starting@example.com", "password": "a-long-password"}
+        )
+        ready = await client.get("/health/ready")
+
+    assert register.status_code == 503
+    assert register.json() == {"detail": "Database unavailable; please retry shortly"}
+    assert ready.status_code == 503
+
+
+class _ConnectionLostAtClose(AsyncSession):
+    """The database went away after the handler's last query: the closing rollback fails."""
+
+    async def close(self) -> None:
+        await super().close()
+        raise InterfaceError("ROLLBACK", None, Exception("the underlying connection is closed"))
+
+
+async def test_connection_lost_after_the_response_is_decided_keeps_the_response(
+    database_url: str,
+) -> None:
+    # Found by the chaos drills: during a PostgreSQL crash, the session's closing rollback
+    # raised after the response had started; the client saw a dropped connection.
+    app = create_app(make_settings(database_url))
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        LifespanManager(app),
+        httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+    ):
+        user = await register_and_login(client)
+        order = await create_order(client, user)
+        app.state.sessionmaker = async_sessionmaker(
+            app.state.engine, class_=_ConnectionLostAtClose, expire_on_commit=False
+        )
+        response = await client.get(f"/orders/{order['id']}/", headers=user.headers)
+        listed = await client.get(f"/orders/user/{user.id}/", headers=user.headers)
+
+    assert response.status_code == 200
+    assert response.json()["id"] == order["id"]
+    assert listed.status_code == 200

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import structlog
 from fastapi import Depends, Request
 from sqlalchemy import JSON, DateTime, MetaData, event
 from sqlalchemy.dialects.postgresql import JSONB
@@ -23,6 +25,8 @@ from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
 
 from oms.config import Settings
+
+_log = structlog.get_logger(__name__)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -136,8 +140,10 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
-# SQLSTATE classes meaning "no usable connection now": connection exception (08), insufficient
-# resources such as too_many_connections (53), operator intervention such as a shutdown (57P).
+# SQLSTATE classes that say "the server cannot serve you now", whatever the statement:
+# connection exceptions (08), insufficient resources such as too many connections (53), and
+# operator intervention: a server shutting down, crashed or still starting up (57P; asyncpg's
+# errors for these are not OperationalErrors).
 _UNAVAILABLE_SQLSTATES = ("08", "53", "57P")
 
 
@@ -157,8 +163,25 @@ def is_database_unavailable(exc: BaseException) -> bool:
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
-    async with sessionmaker() as session:
+    session = sessionmaker()
+    try:
         yield session
+    finally:
+        await _close(session)
+
+
+async def _close(session: AsyncSession) -> None:
+    """Close after the response is decided (it may already be on the wire). If the database
+    went away meanwhile, the closing rollback fails; the server has dropped the transaction
+    anyway, so that failure must not turn a sent answer into a broken connection."""
+    try:
+        await session.close()
+    except Exception as error:
+        if not is_database_unavailable(error):
+            raise
+        _log.warning("session_close_failed", error=type(error).__name__)
+        with contextlib.suppress(Exception):
+            await session.invalidate()
 
 
 DbSession = Annotated[AsyncSession, Depends(get_session)]

@@ -287,3 +287,20 @@ class TestIdempotencyKey:
         assert response.json() == {
             "detail": "A request with this Idempotency-Key is still in progress"
         }
+
+    async def test_simultaneous_repeats_of_a_finished_request_all_replay(
+        self, client: httpx.AsyncClient, user: ApiUser
+    ) -> None:
+        # Found by the chaos drills: concurrent replays of a key whose order was created long
+        # ago raced for the in-flight lock, and the losers got 409 "still in progress".
+        headers = {**user.headers, "Idempotency-Key": f"replay-{uuid.uuid4()}"}
+        first = await client.post("/orders/", json={"items": [ITEM]}, headers=headers)
+        assert first.status_code == 201
+
+        repeats = await asyncio.gather(
+            *(client.post("/orders/", json={"items": [ITEM]}, headers=headers) for _ in range(8))
+        )
+
+        assert [r.status_code for r in repeats] == [201] * 8
+        assert {r.json()["id"] for r in repeats} == {first.json()["id"]}
+        assert all(r.headers["Idempotent-Replayed"] == "true" for r in repeats)

@@ -31,6 +31,10 @@ class RedisServer:
     def url(self, db: int) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
 
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
     def start(self) -> RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:

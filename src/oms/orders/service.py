@@ -110,20 +110,33 @@ async def _create_order_once(
 async def _replay_or_claim(
     session: AsyncSession, user_id: int, key: str, fingerprint: str
 ) -> Order | None:
-    """The order an earlier request with this key created, or None if this one goes ahead."""
+    """The order an earlier request with this key created, or None if this one goes ahead.
+
+    A finished request is replayed without the in-flight lock, so any number of concurrent
+    repeats of it all get the order; only a key with no stored request yet takes the lock
+    (and looks again once it holds it: the first may have committed in between).
+    """
     if session.get_bind().dialect.name == "postgresql":
+        earlier = await session.get(IdempotencyKey, (user_id, key))
+        if earlier is not None and earlier.created_at >= utcnow() - IDEMPOTENCY_WINDOW:
+            return await _replay(session, earlier, fingerprint)
         locked = await session.scalar(
             select(func.pg_try_advisory_xact_lock(_advisory_lock_id(user_id, key)))
         )
         if not locked:
             raise ConflictError("A request with this Idempotency-Key is still in progress")
-    earlier = await session.get(IdempotencyKey, (user_id, key))
+    # Under the lock (or SQLite's single writer): look again, the first may have committed.
+    earlier = await session.get(IdempotencyKey, (user_id, key), populate_existing=True)
     if earlier is None:
         return None
     if earlier.created_at < utcnow() - IDEMPOTENCY_WINDOW:
         await session.delete(earlier)
         await session.flush()
         return None
+    return await _replay(session, earlier, fingerprint)
+
+
+async def _replay(session: AsyncSession, earlier: IdempotencyKey, fingerprint: str) -> Order | None:
     if earlier.fingerprint != fingerprint:
         raise UnprocessableError("This Idempotency-Key was already used with a different body")
     return await session.get(Order, earlier.order_id)
