@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from oms.cache import OrderCache
-from oms.db import utcnow
+from oms.db import open_session, utcnow
 from oms.events.outbox import record_event
 from oms.events.schemas import NEW_ORDER, NewOrderEvent
 from oms.exceptions import ConflictError, NotFoundError, PermissionDeniedError, UnprocessableError
@@ -166,7 +166,7 @@ async def get_order_json(
         if _Owner.model_validate_json(body).user_id != user_id:
             raise PermissionDeniedError(NOT_YOUR_ORDER)
         return body
-    async with sessions() as session:
+    async with open_session(sessions) as session:
         order = _owned(await session.get(Order, order_id), user_id)
     body = order_json(order)
     await cache.put(order.id, body, order.version)
