@@ -4,9 +4,10 @@ Runs `oms relay`, `oms consumer` and (phase 3) `oms worker` as real processes ag
 PostgreSQL, RabbitMQ and Redis (db 1, a queue of its own, deleted afterwards), on a fresh
 database and unique queue names:
 
-1. live: `--rate` orders per second for `--seconds` are committed while relay and consumer
-   run; each latency is `orders.dispatched_at - orders.created_at` (the consumer stamps
-   `dispatched_at` right after `apply_async` returned, in the inbox transaction);
+1. live: `--rate` orders per second for `--seconds` are committed while the relay and
+   `--consumers` consumers run; each latency is `orders.dispatched_at - orders.created_at`
+   (a consumer stamps `dispatched_at` right after `apply_async` returned, in the inbox
+   transaction);
 2. backlog: with the relay stopped, the same number of orders pile up in the outbox; the relay
    is started and the drain rate is N / (last `published_at` - relay start); the consumer's
    likewise from the last `dispatched_at`;
@@ -105,6 +106,9 @@ def main() -> None:
     parser.add_argument("--processed-orders", type=int, default=100)
     parser.add_argument("--processed-rate", type=float, default=20.0)
     parser.add_argument("--worker-concurrency", type=int, default=64)
+    parser.add_argument(
+        "--consumers", type=int, default=2, help="consumer processes (one hands off ~170/s here)"
+    )
     parser.add_argument("--drain", type=int, nargs="*", default=[10_000, 100_000])
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
@@ -142,9 +146,9 @@ def main() -> None:
             def count(query: str, *params: object) -> int:
                 return int(db.execute(query, params).fetchone()[0])  # type: ignore[index]
 
-            consumer = start("consumer", env, workdir)
+            consumers = [start("consumer", env, workdir) for _ in range(args.consumers)]
             relay = start("relay", env, workdir)
-            processes += [consumer, relay]
+            processes += [*consumers, relay]
             time.sleep(3)  # both connected and consuming
 
             # 1. Live: commit → hand-off.
@@ -218,7 +222,7 @@ def main() -> None:
             ]
             worker.terminate()
             worker.wait(60)
-            for role in (consumer, relay):
+            for role in (*consumers, relay):
                 role.terminate()
                 role.wait(30)
 
@@ -255,6 +259,7 @@ def main() -> None:
         "relay_backlog_drain_events_per_second": round(n / drain_seconds, 1),
         "relay_backlog_drain_seconds": round(drain_seconds, 2),
         "relay_steady_events_per_second": round(steady_rate, 1),
+        "consumers": args.consumers,
         "consumer_backlog_drain_events_per_second": round(n / consumer_seconds, 1),
         "commit_to_processed_ms": {
             "orders": len(processed),
