@@ -219,6 +219,16 @@ async def _wait(condition: Callable[[], bool], within: float) -> float | None:
     return None
 
 
+async def _drain(
+    topology: Topology, load: Load, timing: Timing, created_before: set[str], first_sample: int
+) -> tuple[list[str], list[Sample]]:
+    """After the load stopped: the orders this drill created, once they are processed (or the
+    drain time ran out; the books then show what is missing), and the drill's samples."""
+    drill_orders = [o for o in load.created if o not in created_before]
+    await _wait(lambda: _unprocessed(topology, drill_orders) == 0, timing.drain_within)
+    return drill_orders, load.samples[first_sample:]
+
+
 def _summarise(
     samples: list[Sample], allows_503: bool, restore_at: float
 ) -> tuple[dict[str, int], int, int, dict[str, int], float]:
@@ -262,9 +272,7 @@ async def run_drill(topology: Topology, load: Load, fault: Fault, timing: Timing
     finally:
         load.stop()
         await load_task
-    drill_orders = [o for o in load.created if o not in created_before]
-    await _wait(lambda: _unprocessed(topology, drill_orders) == 0, timing.drain_within)
-    samples = load.samples[first_sample:]
+    drill_orders, samples = await _drain(topology, load, timing, created_before, first_sample)
     counts, errors, unavailable, unexpected, api_ok_after = _summarise(
         samples, fault.allows_503, restore_at
     )
@@ -304,9 +312,7 @@ async def run_replicas(topology: Topology, load: Load, timing: Timing) -> DrillR
     finally:
         load.stop()
         await load_task
-    drill_orders = [o for o in load.created if o not in created_before]
-    await _wait(lambda: _unprocessed(topology, drill_orders) == 0, timing.drain_within)
-    samples = load.samples[first_sample:]
+    drill_orders, samples = await _drain(topology, load, timing, created_before, first_sample)
     counts, errors, unavailable, unexpected, _ = _summarise(samples, False, started)
     handed_off = [r.get("event_id") for r in topology.events("consumer", HANDED_OFF)]
     return DrillResult(
