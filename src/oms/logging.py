@@ -165,23 +165,3 @@ def configure_logging(settings: Settings) -> None:
     quiet_level = max(logging.WARNING, logging.getLevelName(settings.log_level))
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(quiet_level)
-    _keep_celery_off_the_root_logger()
-
-
-def _keep_celery_off_the_root_logger() -> None:
-    """A Celery worker replaces the root handlers unless someone answers `setup_logging`.
-
-    Answering it (doing nothing: this module already configured everything) keeps Celery's and
-    the tasks' records on this handler and format. Importing Celery costs about 0.4 s, so only a
-    process that already imported it (the worker: import the Celery app, then call
-    `configure_logging`) connects the receiver.
-    """
-    if "celery" not in sys.modules:
-        return
-    from celery import signals
-
-    signals.setup_logging.connect(_logging_already_configured, weak=False)
-
-
-def _logging_already_configured(**_: Any) -> None:
-    return None
