@@ -17,6 +17,7 @@ from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -141,6 +142,16 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
+def create_statement_engine(engine: AsyncEngine) -> AsyncEngine:
+    """The same pool, each statement committing by itself (PostgreSQL autocommit): a request
+    that needs one statement at a time makes one round trip per statement, without BEGIN and
+    COMMIT or ROLLBACK around it. SQLite keeps its transactions (its BEGIN IMMEDIATE hook
+    expects one): code that writes through it commits, which autocommit makes a no-op."""
+    if engine.dialect.name == "postgresql":
+        return engine.execution_options(isolation_level="AUTOCOMMIT")
+    return engine
+
+
 # SQLSTATE classes that say "the server cannot serve you now", whatever the statement:
 # connection exceptions (08), insufficient resources such as too many connections (53), and
 # operator intervention: a server shutting down, crashed or still starting up (57P; asyncpg's
@@ -197,10 +208,11 @@ async def _close(session: AsyncSession) -> None:
 DbSession = Annotated[AsyncSession, Depends(get_session)]
 
 
-async def get_sessionmaker(request: Request) -> async_sessionmaker[AsyncSession]:
-    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
-    return sessionmaker
+async def get_connection(request: Request) -> AsyncIterator[AsyncConnection]:
+    engine: AsyncEngine = request.app.state.statement_engine
+    async with engine.connect() as connection:
+        yield connection
 
 
-# For routes that need the database only sometimes (a cache miss): no session unless used.
-Sessions = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessionmaker)]
+# For requests made of single statements, each atomic by itself (see create_statement_engine).
+DbConnection = Annotated[AsyncConnection, Depends(get_connection)]

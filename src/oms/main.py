@@ -9,10 +9,11 @@ from fastapi import Depends, FastAPI
 
 from oms.auth.passwords import PasswordHasher
 from oms.auth.router import router as auth_router
+from oms.auth.tokens import TokenVerifier
 from oms.cache import DisabledOrderCache, InMemoryOrderCache, OrderCache, RedisOrderCache
 from oms.config import Settings, get_settings
 from oms.cors import add_cors
-from oms.db import create_engine, create_sessionmaker
+from oms.db import create_engine, create_sessionmaker, create_statement_engine
 from oms.errors import register_error_handlers
 from oms.health import DependencyCheck, broker_check, database_check
 from oms.health import router as health_router
@@ -24,7 +25,6 @@ from oms.ratelimit import (
     RateLimiter,
     RateLimitHeadersMiddleware,
     limit_auth_per_ip,
-    limit_per_client,
 )
 from oms.redis import RedisGuard, create_redis_client
 
@@ -58,6 +58,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.engine = engine
         app.state.sessionmaker = create_sessionmaker(engine)
+        app.state.statement_engine = create_statement_engine(engine)
+        app.state.token_verifier = TokenVerifier(settings)
         app.state.password_hasher = hasher
         app.state.order_cache = cache
         app.state.rate_limiter = limiter
@@ -92,7 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health_router)  # health and metrics are never rate limited
     app.include_router(metrics_router)
     app.include_router(auth_router, dependencies=[Depends(limit_auth_per_ip)])
-    app.include_router(orders_router, dependencies=[Depends(limit_per_client)])
+    app.include_router(orders_router)  # rate limited by its authentication (CurrentUser)
     return app
 
 

@@ -9,10 +9,11 @@ do (its own Lua scripts, two calls) on the same keys, in one script. When Redis 
 the same limits are enforced by a per-process in-memory window (`limits`' `MemoryStorage`)
 instead: a limiter outage never becomes a 500.
 
-Two FastAPI dependencies attach the limits to routers: `limit_per_client` (RATE_LIMIT_TIMES per
-RATE_LIMIT_SECONDS per client per route; the client is the verified JWT subject when a valid
-token is present, else the peer IP) and `limit_auth_per_ip` (AUTH_RATE_LIMIT per IP). The peer
-IP is what the server resolved: uvicorn honours proxy headers only from FORWARDED_ALLOW_IPS.
+Two entry points apply the limits: `limit_per_client` (RATE_LIMIT_TIMES per RATE_LIMIT_SECONDS
+per client per route; the client is the verified JWT subject when a valid token is present, else
+the peer IP), which authentication calls first thing on every protected route, and the dependency
+`limit_auth_per_ip` (AUTH_RATE_LIMIT per IP) on the credential routes. The peer IP is what the
+server resolved: uvicorn honours proxy headers only from FORWARDED_ALLOW_IPS.
 Each decision is left in the request state, where `RateLimitHeadersMiddleware` turns it into
 `RateLimit-*` headers on whatever response the route produces, 429 included.
 """
@@ -34,18 +35,13 @@ from prometheus_client import Counter
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from oms.auth.tokens import user_id_from_token
 from oms.config import Settings
-from oms.exceptions import AuthenticationError
 from oms.redis import RedisGuard, RedisUnavailableError
 
 log = structlog.get_logger(__name__)
 
 LimitName = Literal["client", "auth"]
 STATE_KEY = "rate_limit"
-# The verified subject of the request's bearer token, kept so authentication does not decode
-# the same token a second time: (token, user id).
-TOKEN_SUBJECT_STATE_KEY = "token_subject"  # noqa: S105 - an attribute name
 KEY_PREFIX = "oms:ratelimit"
 
 # One moving-window decision, atomically: `limits`' acquire_moving_window.lua (take a slot unless
@@ -188,10 +184,11 @@ async def _hit(
     )
 
 
-async def limit_per_client(request: Request) -> None:
-    """RATE_LIMIT_TIMES per RATE_LIMIT_SECONDS per client per route."""
-    settings: Settings = request.app.state.settings
-    await _enforce(request, "client", _route_of(request), _client_of(request, settings))
+async def limit_per_client(request: Request, user_id: int | None) -> None:
+    """RATE_LIMIT_TIMES per RATE_LIMIT_SECONDS per client per route; the client is the user of a
+    verified token, else (no token, or an invalid one) the peer IP."""
+    client = f"user:{user_id}" if user_id is not None else f"ip:{_peer_ip(request)}"
+    await _enforce(request, "client", _route_of(request), client)
 
 
 async def limit_auth_per_ip(request: Request) -> None:
@@ -214,20 +211,6 @@ def _route_of(request: Request) -> str:
     route: Any = request.scope.get("route")
     template = getattr(route, "path", request.url.path).rstrip("/") or "/"
     return f"{request.method} {template}"
-
-
-def _client_of(request: Request, settings: Settings) -> str:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    token = token.strip()
-    if scheme.lower() == "bearer" and token:
-        try:
-            user_id = user_id_from_token(token, settings)
-        except AuthenticationError:
-            pass  # an invalid token is limited like an anonymous caller
-        else:
-            setattr(request.state, TOKEN_SUBJECT_STATE_KEY, (token, user_id))
-            return f"user:{user_id}"
-    return f"ip:{_peer_ip(request)}"
 
 
 def _peer_ip(request: Request) -> str:

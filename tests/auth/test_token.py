@@ -1,15 +1,22 @@
 from __future__ import annotations
 
+import time
+import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import jwt
-from sqlalchemy import delete, select, update
+import pytest
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from oms.auth.models import User
+from oms.auth.tokens import TokenVerifier, create_access_token
 from oms.config import Settings
-from tests.conftest import PASSWORD, ApiUser, unique_email
+from oms.exceptions import AuthenticationError
+from oms.orders.models import Order
+from tests.conftest import ITEM, PASSWORD, ApiUser, create_order, unique_email
 
 PROTECTED = "/orders/user/{id}/"
 
@@ -118,6 +125,39 @@ async def test_token_of_deleted_user_is_401(
     assert response.status_code == 401
 
 
+async def test_token_of_deleted_user_is_401_on_every_order_route(
+    client: httpx.AsyncClient, make_user: Callable[[], Awaitable[ApiUser]], engine: AsyncEngine
+) -> None:
+    """Whatever the route would otherwise answer: a cached copy of the user's own order, another
+    user's order (403), a missing one (404), or a new order."""
+    user, other = await make_user(), await make_user()
+    own = (await create_order(client, user))["id"]
+    others = (await create_order(client, other))["id"]
+    for reader, order_id in ((user, own), (other, others)):  # both now in the cache
+        response = await client.get(f"/orders/{order_id}/", headers=reader.headers)
+        assert response.status_code == 200
+    async with engine.begin() as connection:
+        await connection.execute(delete(User).where(User.id == user.id))
+
+    paid = {"status": "PAID"}
+    requests = {
+        "read own (cached)": ("GET", f"/orders/{own}/", None),
+        "read another's": ("GET", f"/orders/{others}/", None),
+        "read missing": ("GET", f"/orders/{uuid.uuid4()}/", None),
+        "create": ("POST", "/orders/", {"items": [ITEM]}),
+        "change own": ("PATCH", f"/orders/{own}/", paid),
+        "change another's": ("PATCH", f"/orders/{others}/", paid),
+        "list": ("GET", PROTECTED.format(id=user.id), None),
+    }
+    for name, (method, url, body) in requests.items():
+        response = await client.request(method, url, json=body, headers=user.headers)
+        assert response.status_code == 401, name
+        assert response.json() == {"detail": "Invalid or expired token"}, name
+    async with engine.connect() as connection:
+        count = select(func.count()).select_from(Order).where(Order.user_id == user.id)
+        assert await connection.scalar(count) == 0
+
+
 async def test_hash_with_other_parameters_verifies_and_is_upgraded(
     client: httpx.AsyncClient, user: ApiUser, engine: AsyncEngine
 ) -> None:
@@ -137,3 +177,24 @@ async def test_hash_with_other_parameters_verifies_and_is_upgraded(
     assert stored is not None
     assert stored != legacy
     assert "m=19456,t=2,p=1" in stored
+
+
+def test_an_accepted_token_is_refused_once_it_expires(settings: Settings) -> None:
+    verifier = TokenVerifier(settings)
+    token = _token(settings, sub="7", exp=datetime.now(UTC) + timedelta(seconds=1))
+    assert verifier.user_id(token) == 7
+    assert verifier.user_id(token) == 7  # remembered
+
+    time.sleep(2)  # past `exp`, whose resolution is a second
+    with pytest.raises(AuthenticationError):
+        verifier.user_id(token)
+
+
+def test_the_verifier_remembers_a_bounded_number_of_tokens(settings: Settings) -> None:
+    verifier = TokenVerifier(settings, max_remembered=2)
+    tokens = [create_access_token(user_id, settings)[0] for user_id in (1, 2, 3)]
+    assert [verifier.user_id(token) for token in tokens] == [1, 2, 3]
+    assert len(verifier._accepted) == 2
+    assert verifier.user_id(tokens[0]) == 1
+    with pytest.raises(AuthenticationError):
+        verifier.user_id(tokens[0][:-2])

@@ -4,29 +4,21 @@ from __future__ import annotations
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from oms.auth.models import User
 from oms.auth.passwords import PasswordHasher
+from oms.auth.tokens import INVALID_TOKEN
 from oms.exceptions import AuthenticationError, ConflictError
 
 EMAIL_TAKEN = "A user with this email already exists"
 BAD_CREDENTIALS = "Incorrect email or password"
 
 
-async def user_exists(engine: AsyncEngine, user_id: int) -> bool:
-    """Whether the user still exists; asked on every authenticated request, so kept cheap.
-
-    A prebuilt statement (compiled once, then a prepared statement per pooled connection) on a
-    connection of its own, in autocommit on PostgreSQL: one round trip, no BEGIN/ROLLBACK
-    around it. SQLite (embedded mode) keeps its normal transaction: its BEGIN IMMEDIATE hook
-    expects one.
-    """
-    async with engine.connect() as connection:
-        if connection.dialect.name == "postgresql":
-            await connection.execution_options(isolation_level="AUTOCOMMIT")
-        found = await connection.scalar(_USER_EXISTS, {"user_id": user_id})
-    return found is not None
+async def ensure_user_exists(db: AsyncSession | AsyncConnection, user_id: int) -> None:
+    """AuthenticationError (401) if the token's user has been deleted since it was issued."""
+    if await db.scalar(_USER_EXISTS, {"user_id": user_id}) is None:
+        raise AuthenticationError(INVALID_TOKEN)
 
 
 _USER_EXISTS = select(User.id).where(User.id == bindparam("user_id"))

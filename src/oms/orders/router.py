@@ -8,7 +8,7 @@ from fastapi import Header, Query, Response, status
 
 from oms.auth.dependencies import CurrentUser
 from oms.cache import Cache
-from oms.db import DbSession, Sessions
+from oms.db import DbConnection, DbSession
 from oms.exceptions import PermissionDeniedError
 from oms.openapi import error_responses
 from oms.orders import service
@@ -60,10 +60,10 @@ async def create_order(
     summary="Read an order",
 )
 async def get_order(
-    order_id: uuid.UUID, user: CurrentUser, sessions: Sessions, cache: Cache
+    order_id: uuid.UUID, user: CurrentUser, connection: DbConnection, cache: Cache
 ) -> Response:
     return Response(
-        await service.get_order_json(sessions, cache, user.id, order_id), media_type=JSON
+        await service.get_order_json(connection, cache, user.id, order_id), media_type=JSON
     )
 
 
@@ -77,10 +77,10 @@ async def update_order_status(
     order_id: uuid.UUID,
     body: OrderStatusUpdate,
     user: CurrentUser,
-    session: DbSession,
+    connection: DbConnection,
     cache: Cache,
 ) -> Response:
-    order = await service.change_status(session, cache, user.id, order_id, body.status)
+    order = await service.change_status(connection, cache, user.id, order_id, body.status)
     return Response(order_json(order), media_type=JSON)
 
 
@@ -93,14 +93,14 @@ async def update_order_status(
 async def list_user_orders(
     user_id: int,
     user: CurrentUser,
-    session: DbSession,
+    connection: DbConnection,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     order_status: Annotated[OrderStatus | None, Query(alias="status")] = None,
 ) -> Response:
     if user_id != user.id:
         raise PermissionDeniedError("You can only list your own orders")
-    orders, has_more = await service.list_orders(session, user.id, limit, offset, order_status)
+    orders, has_more = await service.list_orders(connection, user.id, limit, offset, order_status)
     headers = {}
     if has_more:
         query: dict[str, str | int] = {"limit": limit, "offset": offset + limit}

@@ -6,14 +6,16 @@ import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from oms.auth.service import ensure_user_exists
 from oms.cache import OrderCache
-from oms.db import open_session, utcnow
+from oms.db import utcnow
 from oms.events.outbox import record_event
 from oms.events.schemas import NEW_ORDER, NewOrderEvent
 from oms.exceptions import ConflictError, NotFoundError, PermissionDeniedError, UnprocessableError
@@ -26,7 +28,10 @@ ALLOWED_TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
     OrderStatus.SHIPPED: frozenset(),
     OrderStatus.CANCELED: frozenset(),
 }
+_CLOCK_TICK = timedelta(microseconds=1)
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
+# An order's columns as the statements below read them.
+OrderRow = dict[str, Any]
 ORDER_NOT_FOUND = "Order not found"
 NOT_YOUR_ORDER = "This order belongs to another user"
 
@@ -47,9 +52,11 @@ async def create_order(
     try:
         return await _create_order_once(session, user_id, data, idempotency_key)
     except IntegrityError:
-        # Only a concurrent first use of the same key gets here (SQLite has no advisory
-        # lock); that request has committed by now, so the retry replays it.
+        # The user was deleted since the token was issued (the order's foreign key), or a
+        # concurrent first use of the same key won (SQLite has no advisory lock): that request
+        # has committed by now, so the retry replays it.
         await session.rollback()
+        await ensure_user_exists(session, user_id)
         if idempotency_key is None:
             raise
         return await _create_order_once(session, user_id, data, idempotency_key)
@@ -154,63 +161,91 @@ def _advisory_lock_id(user_id: int, key: str) -> int:
 
 
 async def get_order_json(
-    sessions: async_sessionmaker[AsyncSession],
-    cache: OrderCache,
-    user_id: int,
-    order_id: uuid.UUID,
+    connection: AsyncConnection, cache: OrderCache, user_id: int, order_id: uuid.UUID
 ) -> bytes:
-    """The order's JSON, from the cache when it holds it, else from the database (a session is
-    opened only on a miss: a hit needs none)."""
+    """The order's JSON, from the cache when it holds it, else from the database."""
     body = await cache.get(order_id)
     if body is not None:
+        # A cached copy can outlive its owner's account: only the database knows.
+        await ensure_user_exists(connection, user_id)
         if _Owner.model_validate_json(body).user_id != user_id:
             raise PermissionDeniedError(NOT_YOUR_ORDER)
         return body
-    async with open_session(sessions) as session:
-        order = _owned(await session.get(Order, order_id), user_id)
+    order = await _owned(connection, await _find(connection, order_id), user_id)
     body = order_json(order)
-    await cache.put(order.id, body, order.version)
+    await cache.put(order["id"], body, order["version"])
     return body
 
 
 async def change_status(
-    session: AsyncSession,
+    connection: AsyncConnection,
     cache: OrderCache,
     user_id: int,
     order_id: uuid.UUID,
     new_status: OrderStatus,
-) -> Order:
-    # The row lock serialises concurrent changes of one order: none is lost.
-    locked = select(Order).where(Order.id == order_id).with_for_update()
-    order = _owned(await session.scalar(locked), user_id)
-    if order.status == new_status:
-        await session.commit()
-        return order
-    if new_status not in ALLOWED_TRANSITIONS[order.status]:
-        raise ConflictError(f"Cannot change order status from {order.status} to {new_status}")
-    order.status = new_status
-    order.updated_at = utcnow()
-    order.version += 1
-    await session.commit()
-    await cache.put(order.id, order_json(order), order.version)
-    return order
+) -> OrderRow:
+    """Reads the order, applies the status machine, and writes the change only if the order is
+    still the version it read; if another change came first, it starts over from that one, so
+    none is lost. Ends: each retry follows another change, and an order changes at most three
+    times."""
+    while True:
+        order = await _owned(connection, await _find(connection, order_id), user_id)
+        if order["status"] == new_status:
+            return order
+        if new_status not in ALLOWED_TRANSITIONS[order["status"]]:
+            raise ConflictError(
+                f"Cannot change order status from {order['status']} to {new_status}"
+            )
+        change = (
+            update(Order)
+            .where(Order.id == order_id, Order.version == order["version"])
+            .values(
+                status=new_status,
+                # Never before the change it follows, whatever this host's clock says.
+                updated_at=max(utcnow(), order["updated_at"] + _CLOCK_TICK),
+                version=order["version"] + 1,
+            )
+            .returning(*Order.__table__.c)
+        )
+        row = (await connection.execute(change)).first()
+        await connection.commit()
+        if row is not None:
+            changed = row._asdict()
+            await cache.put(changed["id"], order_json(changed), changed["version"])
+            return changed
 
 
 async def list_orders(
-    session: AsyncSession, user_id: int, limit: int, offset: int, status: OrderStatus | None
-) -> tuple[list[Order], bool]:
+    connection: AsyncConnection,
+    user_id: int,
+    limit: int,
+    offset: int,
+    status: OrderStatus | None,
+) -> tuple[list[OrderRow], bool]:
     """A page of the user's orders, newest first, and whether more follow."""
-    query = select(Order).where(Order.user_id == user_id)
+    query = select(Order.__table__).where(Order.user_id == user_id)
     if status is not None:
         query = query.where(Order.status == status)
     query = query.order_by(Order.created_at.desc(), Order.id.desc()).limit(limit + 1)
-    orders = list((await session.scalars(query.offset(offset))).all())
+    orders = [row._asdict() for row in await connection.execute(query.offset(offset))]
+    if not orders:
+        await ensure_user_exists(connection, user_id)
     return orders[:limit], len(orders) > limit
 
 
-def _owned(order: Order | None, user_id: int) -> Order:
+async def _find(connection: AsyncConnection, order_id: uuid.UUID) -> OrderRow | None:
+    row = (await connection.execute(_ORDER_BY_ID, {"order_id": order_id})).first()
+    return None if row is None else row._asdict()
+
+
+_ORDER_BY_ID = select(Order.__table__).where(Order.id == bindparam("order_id"))
+
+
+async def _owned(connection: AsyncConnection, order: OrderRow | None, user_id: int) -> OrderRow:
+    """The order if the caller owns it (which proves the caller's account still exists)."""
+    if order is not None and order["user_id"] == user_id:
+        return order
+    await ensure_user_exists(connection, user_id)
     if order is None:
         raise NotFoundError(ORDER_NOT_FOUND)
-    if order.user_id != user_id:
-        raise PermissionDeniedError(NOT_YOUR_ORDER)
-    return order
+    raise PermissionDeniedError(NOT_YOUR_ORDER)
