@@ -31,7 +31,9 @@ class Settings(BaseSettings):
 
     database_url: str = "sqlite+aiosqlite:///./oms.db"
     db_pool_size: int = Field(10, ge=1, le=200)
-    db_max_overflow: int = Field(10, ge=0, le=200)
+    # Overflow connections are closed as soon as they are returned: under steady load that is
+    # a connect (and new prepared statements) for a fraction of requests. Size the pool instead.
+    db_max_overflow: int = Field(0, ge=0, le=200)
     db_pool_timeout_seconds: float = Field(5.0, gt=0, le=60)
     db_connect_timeout_seconds: float = Field(3.0, gt=0, le=60)
     db_statement_timeout_seconds: float = Field(10.0, gt=0, le=600)

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import orjson
 import structlog
 from fastapi import Depends, Request
 from sqlalchemy import JSON, DateTime, MetaData, event
@@ -76,6 +77,8 @@ def create_engine(settings: Settings) -> AsyncEngine:
         engine = create_async_engine(
             settings.database_url,
             connect_args={"timeout": settings.db_statement_timeout_seconds},
+            json_serializer=_json_text,
+            json_deserializer=orjson.loads,
         )
         serialise_sqlite_writers(engine.sync_engine)
         return engine
@@ -85,6 +88,8 @@ def create_engine(settings: Settings) -> AsyncEngine:
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout_seconds,
         pool_recycle=1800,
+        json_serializer=_json_text,
+        json_deserializer=orjson.loads,
         connect_args={
             "timeout": settings.db_connect_timeout_seconds,
             "command_timeout": settings.db_statement_timeout_seconds,
@@ -93,6 +98,12 @@ def create_engine(settings: Settings) -> AsyncEngine:
     )
     _ping_idle_connections(engine, settings.db_pool_ping_idle_seconds)
     return engine
+
+
+def _json_text(value: Any) -> str:
+    """JSON columns (order items, event payloads) go through orjson: a page of 50 orders spent
+    a sixth of its time in the standard library's decoder."""
+    return orjson.dumps(value).decode()
 
 
 def _ping_idle_connections(engine: AsyncEngine, idle_seconds: float) -> None:
@@ -150,6 +161,16 @@ def create_statement_engine(engine: AsyncEngine) -> AsyncEngine:
     if engine.dialect.name == "postgresql":
         return engine.execution_options(isolation_level="AUTOCOMMIT")
     return engine
+
+
+async def single_statement_connection(session: AsyncSession) -> AsyncConnection:
+    """The session's connection for a unit of work that is one statement, atomic by itself:
+    autocommit on PostgreSQL, so no BEGIN and COMMIT round trips around it (see
+    create_statement_engine). Call it before the session has begun; commit the session after."""
+    options = (
+        {"isolation_level": "AUTOCOMMIT"} if session.get_bind().dialect.name == "postgresql" else {}
+    )
+    return await session.connection(execution_options=options)
 
 
 # SQLSTATE classes that say "the server cannot serve you now", whatever the statement:

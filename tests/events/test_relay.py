@@ -50,7 +50,7 @@ async def test_relay_records_failures_and_drains_the_backlog_once_the_broker_is_
     event_ids = [uuid.uuid4() for _ in range(20)]
     async with sessionmaker.begin() as session:
         for n, event_id in enumerate(event_ids):
-            record_event(session, event_id, "new_order", Body(n=n))
+            await record_event(session, event_id, "new_order", Body(n=n))
 
     publisher = FlakyPublisher()
     relay = Relay(settings, sessionmaker, publisher)

@@ -7,29 +7,39 @@ relay wakes at commit without an extra round trip here.
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import structlog
 from pydantic import BaseModel
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from oms.db import utcnow
 from oms.events.models import OutboxEvent
 
 OUTBOX_CHANNEL = "oms_outbox"
 
 
-def record_event(
-    session: AsyncSession, event_id: uuid.UUID, event_type: str, body: BaseModel
-) -> None:
-    """Add the event to the session's transaction; it is published only if that commits."""
+def outbox_row(event_id: uuid.UUID, event_type: str, body: BaseModel) -> dict[str, Any]:
+    """The outbox row of an event, for an INSERT in the transaction of the change it reports
+    (it is published only if that commits)."""
     headers = {}
     request_id = structlog.contextvars.get_contextvars().get("request_id")
     if request_id:
         headers["request_id"] = str(request_id)
-    session.add(
-        OutboxEvent(
-            event_id=event_id,
-            event_type=event_type,
-            payload=body.model_dump(mode="json"),
-            headers=headers,
-        )
-    )
+    # Every column: Python-side defaults are not applied inside a data-modifying CTE.
+    return {
+        "event_id": event_id,
+        "event_type": event_type,
+        "payload": body.model_dump(mode="json"),
+        "headers": headers,
+        "created_at": utcnow(),
+        "attempts": 0,
+    }
+
+
+async def record_event(
+    db: AsyncSession | AsyncConnection, event_id: uuid.UUID, event_type: str, body: BaseModel
+) -> None:
+    """Insert the event in the caller's transaction."""
+    await db.execute(insert(OutboxEvent).values(outbox_row(event_id, event_type, body)))

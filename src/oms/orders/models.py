@@ -7,7 +7,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import Enum, ForeignKey, Index, Integer, Numeric, String, Uuid
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, mapped_column
 
 from oms.db import Base, JSONDocument, UTCDateTime, utcnow
 
@@ -66,5 +66,3 @@ class IdempotencyKey(Base):
     fingerprint: Mapped[str] = mapped_column(String(64))
     order_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    # Lets the unit of work insert the order before the key that refers to it.
-    order: Mapped[Order] = relationship(lazy="raise")

@@ -47,10 +47,10 @@ async def create_order(
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     created = await service.create_order(session, user.id, body, idempotency_key)
-    headers = {"Location": f"/orders/{created.order.id}/"}
+    headers = {"Location": f"/orders/{created.id}/"}
     if created.replayed:
         headers["Idempotent-Replayed"] = "true"
-    return Response(order_json(created.order), status.HTTP_201_CREATED, headers, JSON)
+    return Response(created.body, status.HTTP_201_CREATED, headers, JSON)
 
 
 @router.get(

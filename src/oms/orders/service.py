@@ -9,14 +9,15 @@ from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import Insert, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from oms.auth.service import ensure_user_exists
 from oms.cache import OrderCache
-from oms.db import utcnow
-from oms.events.outbox import record_event
+from oms.db import Base, single_statement_connection, utcnow
+from oms.events.models import OutboxEvent
+from oms.events.outbox import outbox_row
 from oms.events.schemas import NEW_ORDER, NewOrderEvent
 from oms.exceptions import ConflictError, NotFoundError, PermissionDeniedError, UnprocessableError
 from oms.orders.models import IdempotencyKey, Order, OrderStatus
@@ -38,7 +39,8 @@ NOT_YOUR_ORDER = "This order belongs to another user"
 
 @dataclass(frozen=True, slots=True)
 class CreatedOrder:
-    order: Order
+    id: uuid.UUID
+    body: bytes  # the order's JSON
     replayed: bool
 
 
@@ -65,53 +67,93 @@ async def create_order(
 async def _create_order_once(
     session: AsyncSession, user_id: int, data: OrderCreate, idempotency_key: str | None
 ) -> CreatedOrder:
-    fingerprint = _fingerprint(data)
-    if idempotency_key is not None:
+    if idempotency_key is None:
+        # Nothing to look up first: the inserts are the whole unit of work.
+        connection = await single_statement_connection(session)
+    else:
+        fingerprint = _fingerprint(data)
         earlier = await _replay_or_claim(session, user_id, idempotency_key, fingerprint)
         if earlier is not None:
             await session.commit()
-            return CreatedOrder(earlier, replayed=True)
+            return CreatedOrder(earlier.id, order_json(earlier), replayed=True)
+        connection = await session.connection()
 
     now = utcnow()
     total = data.computed_total
-    order = Order(
-        id=uuid.uuid4(),
-        user_id=user_id,
-        items=stored_items(data.items),
-        total_price=total,
-        status=OrderStatus.PENDING,
-        version=1,
-        created_at=now,
-        updated_at=now,
-        processed_at=None,
-    )
-    session.add(order)
+    order: OrderRow = {
+        "id": uuid.uuid4(),
+        "user_id": user_id,
+        "items": stored_items(data.items),
+        "total_price": total,
+        "status": OrderStatus.PENDING,
+        "version": 1,
+        "created_at": now,
+        "updated_at": now,
+        "processed_at": None,
+    }
     event_id = uuid.uuid4()
-    record_event(
-        session,
-        event_id,
-        NEW_ORDER,
-        NewOrderEvent(
-            event_id=event_id,
-            occurred_at=now,
-            order_id=order.id,
-            user_id=user_id,
-            total_price=total,
-            items=data.items,
-        ),
+    event = NewOrderEvent(
+        event_id=event_id,
+        occurred_at=now,
+        order_id=order["id"],
+        user_id=user_id,
+        total_price=total,
+        items=data.items,
     )
+    await _insert_with_event(connection, order, outbox_row(event_id, NEW_ORDER, event))
     if idempotency_key is not None:
-        session.add(
-            IdempotencyKey(
+        await connection.execute(
+            insert(IdempotencyKey).values(
                 user_id=user_id,
                 key=idempotency_key,
                 fingerprint=fingerprint,
-                order=order,
+                order_id=order["id"],
                 created_at=now,
             )
         )
     await session.commit()
-    return CreatedOrder(order, replayed=False)
+    return CreatedOrder(order["id"], order_json(order), replayed=False)
+
+
+async def _insert_with_event(
+    connection: AsyncConnection, order: OrderRow, event: dict[str, Any]
+) -> None:
+    """The order and its outbox row, atomically: one statement on PostgreSQL (a data-modifying
+    CTE, atomic by itself), two in the transaction on SQLite (which has no such CTE)."""
+    order_values = {f"order_{name}": value for name, value in order.items()}
+    event_values = {f"event_{name}": value for name, value in event.items()}
+    if connection.dialect.name == "postgresql":
+        await connection.execute(_INSERT_ORDER_WITH_EVENT, order_values | event_values)
+    else:
+        await connection.execute(_INSERT_ORDER, order_values)
+        await connection.execute(_INSERT_EVENT, event_values)
+
+
+def _insert_with_parameters(model: type[Base], prefix: str, names: list[str]) -> Insert:
+    """An INSERT of the named columns from parameters named `{prefix}{column}`: compiled once,
+    whatever the values (an INSERT built with the values themselves, JSON included, is compiled
+    anew each time)."""
+    columns = model.__table__.c
+    return insert(model).values(
+        {name: bindparam(f"{prefix}{name}", type_=columns[name].type) for name in names}
+    )
+
+
+_ORDER_COLUMNS = [
+    "id",
+    "user_id",
+    "items",
+    "total_price",
+    "status",
+    "version",
+    "created_at",
+    "updated_at",
+    "processed_at",
+]
+_EVENT_COLUMNS = ["event_id", "event_type", "payload", "headers", "created_at", "attempts"]
+_INSERT_ORDER = _insert_with_parameters(Order, "order_", _ORDER_COLUMNS)
+_INSERT_EVENT = _insert_with_parameters(OutboxEvent, "event_", _EVENT_COLUMNS)
+_INSERT_ORDER_WITH_EVENT = _INSERT_EVENT.add_cte(_INSERT_ORDER.cte("new_order"))
 
 
 async def _replay_or_claim(
@@ -196,18 +238,14 @@ async def change_status(
             raise ConflictError(
                 f"Cannot change order status from {order['status']} to {new_status}"
             )
-        change = (
-            update(Order)
-            .where(Order.id == order_id, Order.version == order["version"])
-            .values(
-                status=new_status,
-                # Never before the change it follows, whatever this host's clock says.
-                updated_at=max(utcnow(), order["updated_at"] + _CLOCK_TICK),
-                version=order["version"] + 1,
-            )
-            .returning(*Order.__table__.c)
-        )
-        row = (await connection.execute(change)).first()
+        change = {
+            "order_id": order_id,
+            "read_version": order["version"],
+            "new_status": new_status,
+            # Never before the change it follows, whatever this host's clock says.
+            "new_updated_at": max(utcnow(), order["updated_at"] + _CLOCK_TICK),
+        }
+        row = (await connection.execute(_CHANGE_IF_UNCHANGED, change)).first()
         await connection.commit()
         if row is not None:
             changed = row._asdict()
@@ -223,11 +261,9 @@ async def list_orders(
     status: OrderStatus | None,
 ) -> tuple[list[OrderRow], bool]:
     """A page of the user's orders, newest first, and whether more follow."""
-    query = select(Order.__table__).where(Order.user_id == user_id)
-    if status is not None:
-        query = query.where(Order.status == status)
-    query = query.order_by(Order.created_at.desc(), Order.id.desc()).limit(limit + 1)
-    orders = [row._asdict() for row in await connection.execute(query.offset(offset))]
+    page = {"user_id": user_id, "status": status, "limit": limit + 1, "offset": offset}
+    query = _PAGE if status is None else _PAGE_WITH_STATUS
+    orders = [row._asdict() for row in await connection.execute(query, page)]
     if not orders:
         await ensure_user_exists(connection, user_id)
     return orders[:limit], len(orders) > limit
@@ -238,7 +274,26 @@ async def _find(connection: AsyncConnection, order_id: uuid.UUID) -> OrderRow | 
     return None if row is None else row._asdict()
 
 
+# Built once: statements rebuilt per request cost more than running them.
 _ORDER_BY_ID = select(Order.__table__).where(Order.id == bindparam("order_id"))
+_CHANGE_IF_UNCHANGED = (
+    update(Order)
+    .where(Order.id == bindparam("order_id"), Order.version == bindparam("read_version"))
+    .values(
+        status=bindparam("new_status", type_=Order.__table__.c.status.type),
+        updated_at=bindparam("new_updated_at", type_=Order.__table__.c.updated_at.type),
+        version=Order.version + 1,
+    )
+    .returning(*Order.__table__.c)
+)
+_PAGE = (
+    select(Order.__table__)
+    .where(Order.user_id == bindparam("user_id"))
+    .order_by(Order.created_at.desc(), Order.id.desc())
+    .limit(bindparam("limit"))
+    .offset(bindparam("offset"))
+)
+_PAGE_WITH_STATUS = _PAGE.where(Order.status == bindparam("status"))
 
 
 async def _owned(connection: AsyncConnection, order: OrderRow | None, user_id: int) -> OrderRow:
