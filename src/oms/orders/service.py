@@ -9,7 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import Insert, bindparam, func, insert, select, update
+from sqlalchemy import Insert, Interval, Update, bindparam, func, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -30,6 +30,11 @@ ALLOWED_TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
     OrderStatus.CANCELED: frozenset(),
 }
 _CLOCK_TICK = timedelta(microseconds=1)
+# The statuses each status can be reached from.
+_ALLOWED_SOURCES: dict[OrderStatus, list[OrderStatus]] = {
+    target: [source for source, targets in ALLOWED_TRANSITIONS.items() if target in targets]
+    for target in OrderStatus
+}
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 # An order's columns as the statements below read them.
 OrderRow = dict[str, Any]
@@ -226,31 +231,32 @@ async def change_status(
     order_id: uuid.UUID,
     new_status: OrderStatus,
 ) -> OrderRow:
-    """Reads the order, applies the status machine, and writes the change only if the order is
-    still the version it read; if another change came first, it starts over from that one, so
-    none is lost. Ends: each retry follows another change, and an order changes at most three
-    times."""
-    while True:
-        order = await _owned(connection, await _find(connection, order_id), user_id)
-        if order["status"] == new_status:
-            return order
-        if new_status not in ALLOWED_TRANSITIONS[order["status"]]:
-            raise ConflictError(
-                f"Cannot change order status from {order['status']} to {new_status}"
+    """One statement makes the change if the status machine allows it from the order's status at
+    that moment: concurrent changes of one order queue on its row and each one sees the status the
+    previous one left, so none is lost. When it changes nothing, a read says why: the order is
+    missing, someone else's, already there (a no-op), or cannot get there (409)."""
+    change = _CHANGE[connection.dialect.name == "postgresql"]
+    async with connection.begin():  # SQLite takes its write lock here, before the clock is read
+        row = (
+            await connection.execute(
+                change,
+                {
+                    "order_id": order_id,
+                    "owner_id": user_id,
+                    "sources": _ALLOWED_SOURCES[new_status],
+                    "new_status": new_status,
+                    "now": utcnow(),
+                },
             )
-        change = {
-            "order_id": order_id,
-            "read_version": order["version"],
-            "new_status": new_status,
-            # Never before the change it follows, whatever this host's clock says.
-            "new_updated_at": max(utcnow(), order["updated_at"] + _CLOCK_TICK),
-        }
-        row = (await connection.execute(_CHANGE_IF_UNCHANGED, change)).first()
-        await connection.commit()
-        if row is not None:
-            changed = row._asdict()
-            await cache.put(changed["id"], order_json(changed), changed["version"])
-            return changed
+        ).first()
+    if row is not None:
+        changed = row._asdict()
+        await cache.put(changed["id"], order_json(changed), changed["version"])
+        return changed
+    order = await _owned(connection, await _find(connection, order_id), user_id)
+    if order["status"] != new_status:
+        raise ConflictError(f"Cannot change order status from {order['status']} to {new_status}")
+    return order
 
 
 async def list_orders(
@@ -276,16 +282,32 @@ async def _find(connection: AsyncConnection, order_id: uuid.UUID) -> OrderRow | 
 
 # Built once: statements rebuilt per request cost more than running them.
 _ORDER_BY_ID = select(Order.__table__).where(Order.id == bindparam("order_id"))
-_CHANGE_IF_UNCHANGED = (
-    update(Order)
-    .where(Order.id == bindparam("order_id"), Order.version == bindparam("read_version"))
-    .values(
-        status=bindparam("new_status", type_=Order.__table__.c.status.type),
-        updated_at=bindparam("new_updated_at", type_=Order.__table__.c.updated_at.type),
-        version=Order.version + 1,
+
+
+def _change_statement(concurrent_writers: bool) -> Update:
+    now = bindparam("now", type_=Order.__table__.c.updated_at.type)
+    # Never before the change it follows, whatever this host's clock says: on PostgreSQL the
+    # statement may have waited for another change of the row after `now` was read.
+    tick = literal(_CLOCK_TICK, Interval())
+    changed_at = func.greatest(now, Order.updated_at + tick) if concurrent_writers else now
+    return (
+        update(Order)
+        .where(
+            Order.id == bindparam("order_id"),
+            Order.user_id == bindparam("owner_id"),
+            Order.status.in_(bindparam("sources", expanding=True)),
+        )
+        .values(
+            status=bindparam("new_status", type_=Order.__table__.c.status.type),
+            updated_at=changed_at,
+            version=Order.version + 1,
+        )
+        .returning(*Order.__table__.c)
     )
-    .returning(*Order.__table__.c)
-)
+
+
+# Keyed by "is this PostgreSQL": SQLite's writers are serialised (see change_status).
+_CHANGE = {True: _change_statement(True), False: _change_statement(False)}
 _PAGE = (
     select(Order.__table__)
     .where(Order.user_id == bindparam("user_id"))
