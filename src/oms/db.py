@@ -173,14 +173,14 @@ def create_statement_engine(engine: AsyncEngine) -> AsyncEngine:
     return engine
 
 
-async def single_statement_connection(session: AsyncSession) -> AsyncConnection:
-    """The session's connection for a unit of work that is one statement, atomic by itself:
-    autocommit on PostgreSQL, so no BEGIN and COMMIT round trips around it (see
-    create_statement_engine). Call it before the session has begun; commit the session after."""
-    options = (
-        {"isolation_level": "AUTOCOMMIT"} if session.get_bind().dialect.name == "postgresql" else {}
-    )
-    return await session.connection(execution_options=options)
+@asynccontextmanager
+async def in_transaction(connection: AsyncConnection) -> AsyncIterator[None]:
+    """A real transaction on a connection of the statement engine (whose statements otherwise
+    commit one by one on PostgreSQL): for units of work of several statements."""
+    if connection.dialect.name == "postgresql":
+        await connection.execution_options(isolation_level="READ COMMITTED")
+    async with connection.begin():
+        yield
 
 
 # SQLSTATE classes that say "the server cannot serve you now", whatever the statement:

@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import BaseModel
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from oms import migrate
 from oms.db import create_engine, create_sessionmaker
 from oms.events.bus import OutgoingEvent
 from oms.events.models import OutboxEvent
-from oms.events.outbox import record_event
+from oms.events.outbox import outbox_row
 from oms.events.relay import Relay
 from tests.conftest import make_settings
 from tests.support.processes import eventually
@@ -50,7 +50,8 @@ async def test_relay_records_failures_and_drains_the_backlog_once_the_broker_is_
     event_ids = [uuid.uuid4() for _ in range(20)]
     async with sessionmaker.begin() as session:
         for n, event_id in enumerate(event_ids):
-            await record_event(session, event_id, "new_order", Body(n=n))
+            row = outbox_row(event_id, "new_order", Body(n=n))
+            await session.execute(insert(OutboxEvent).values(row))
 
     publisher = FlakyPublisher()
     relay = Relay(settings, sessionmaker, publisher)

@@ -11,11 +11,8 @@ from typing import Any
 
 import structlog
 from pydantic import BaseModel
-from sqlalchemy import insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from oms.db import utcnow
-from oms.events.models import OutboxEvent
 
 OUTBOX_CHANNEL = "oms_outbox"
 
@@ -36,10 +33,3 @@ def outbox_row(event_id: uuid.UUID, event_type: str, body: BaseModel) -> dict[st
         "created_at": utcnow(),
         "attempts": 0,
     }
-
-
-async def record_event(
-    db: AsyncSession | AsyncConnection, event_id: uuid.UUID, event_type: str, body: BaseModel
-) -> None:
-    """Insert the event in the caller's transaction."""
-    await db.execute(insert(OutboxEvent).values(outbox_row(event_id, event_type, body)))

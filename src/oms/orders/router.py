@@ -8,7 +8,7 @@ from fastapi import Header, Query, Response, status
 
 from oms.auth.dependencies import CurrentUser
 from oms.cache import Cache
-from oms.db import DbConnection, DbSession
+from oms.db import DbConnection
 from oms.exceptions import PermissionDeniedError
 from oms.openapi import error_responses
 from oms.orders import service
@@ -43,10 +43,10 @@ IdempotencyKeyHeader = Annotated[
 async def create_order(
     body: OrderCreate,
     user: CurrentUser,
-    session: DbSession,
+    connection: DbConnection,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
-    created = await service.create_order(session, user.id, body, idempotency_key)
+    created = await service.create_order(connection, user.id, body, idempotency_key)
     headers = {"Location": f"/orders/{created.id}/"}
     if created.replayed:
         headers["Idempotent-Replayed"] = "true"

@@ -9,13 +9,24 @@ from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import Insert, Interval, Update, bindparam, func, insert, literal, select, update
+from sqlalchemy import (
+    Insert,
+    Interval,
+    Update,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from oms.auth.service import ensure_user_exists
 from oms.cache import OrderCache
-from oms.db import Base, single_statement_connection, utcnow
+from oms.db import Base, in_transaction, utcnow
 from oms.events.models import OutboxEvent
 from oms.events.outbox import outbox_row
 from oms.events.schemas import NEW_ORDER, NewOrderEvent
@@ -54,35 +65,55 @@ class _Owner(BaseModel):
 
 
 async def create_order(
-    session: AsyncSession, user_id: int, data: OrderCreate, idempotency_key: str | None
+    connection: AsyncConnection, user_id: int, data: OrderCreate, idempotency_key: str | None
 ) -> CreatedOrder:
     try:
-        return await _create_order_once(session, user_id, data, idempotency_key)
+        return await _create_order_once(connection, user_id, data, idempotency_key)
     except IntegrityError:
         # The user was deleted since the token was issued (the order's foreign key), or a
         # concurrent first use of the same key won (SQLite has no advisory lock): that request
         # has committed by now, so the retry replays it.
-        await session.rollback()
-        await ensure_user_exists(session, user_id)
+        await ensure_user_exists(connection, user_id)
+        await connection.rollback()  # ends the check's transaction before the next begins
         if idempotency_key is None:
             raise
-        return await _create_order_once(session, user_id, data, idempotency_key)
+        return await _create_order_once(connection, user_id, data, idempotency_key)
 
 
 async def _create_order_once(
-    session: AsyncSession, user_id: int, data: OrderCreate, idempotency_key: str | None
+    connection: AsyncConnection, user_id: int, data: OrderCreate, idempotency_key: str | None
 ) -> CreatedOrder:
     if idempotency_key is None:
         # Nothing to look up first: the inserts are the whole unit of work.
-        connection = await single_statement_connection(session)
-    else:
-        fingerprint = _fingerprint(data)
-        earlier = await _replay_or_claim(session, user_id, idempotency_key, fingerprint)
-        if earlier is not None:
-            await session.commit()
-            return CreatedOrder(earlier.id, order_json(earlier), replayed=True)
-        connection = await session.connection()
+        async with connection.begin():
+            order = await _insert_with_event(connection, user_id, data)
+        return CreatedOrder(order["id"], order_json(order), replayed=False)
 
+    # A transaction holds the key's lock, the lookup and the inserts together.
+    fingerprint = _fingerprint(data)
+    async with in_transaction(connection):
+        earlier = await _replay_or_claim(connection, user_id, idempotency_key, fingerprint)
+        if earlier is not None:
+            return CreatedOrder(earlier["id"], order_json(earlier), replayed=True)
+        order = await _insert_with_event(connection, user_id, data)
+        await connection.execute(
+            insert(IdempotencyKey).values(
+                user_id=user_id,
+                key=idempotency_key,
+                fingerprint=fingerprint,
+                order_id=order["id"],
+                created_at=order["created_at"],
+            )
+        )
+    return CreatedOrder(order["id"], order_json(order), replayed=False)
+
+
+async def _insert_with_event(
+    connection: AsyncConnection, user_id: int, data: OrderCreate
+) -> OrderRow:
+    """A new order and its `new_order` outbox row, atomically: one statement on PostgreSQL (a
+    data-modifying CTE, atomic by itself), two in the caller's transaction on SQLite (which has
+    no such CTE)."""
     now = utcnow()
     total = data.computed_total
     order: OrderRow = {
@@ -105,33 +136,15 @@ async def _create_order_once(
         total_price=total,
         items=data.items,
     )
-    await _insert_with_event(connection, order, outbox_row(event_id, NEW_ORDER, event))
-    if idempotency_key is not None:
-        await connection.execute(
-            insert(IdempotencyKey).values(
-                user_id=user_id,
-                key=idempotency_key,
-                fingerprint=fingerprint,
-                order_id=order["id"],
-                created_at=now,
-            )
-        )
-    await session.commit()
-    return CreatedOrder(order["id"], order_json(order), replayed=False)
-
-
-async def _insert_with_event(
-    connection: AsyncConnection, order: OrderRow, event: dict[str, Any]
-) -> None:
-    """The order and its outbox row, atomically: one statement on PostgreSQL (a data-modifying
-    CTE, atomic by itself), two in the transaction on SQLite (which has no such CTE)."""
     order_values = {f"order_{name}": value for name, value in order.items()}
-    event_values = {f"event_{name}": value for name, value in event.items()}
+    event_row = outbox_row(event_id, NEW_ORDER, event)
+    event_values = {f"event_{name}": value for name, value in event_row.items()}
     if connection.dialect.name == "postgresql":
         await connection.execute(_INSERT_ORDER_WITH_EVENT, order_values | event_values)
     else:
         await connection.execute(_INSERT_ORDER, order_values)
         await connection.execute(_INSERT_EVENT, event_values)
+    return order
 
 
 def _insert_with_parameters(model: type[Base], prefix: str, names: list[str]) -> Insert:
@@ -162,38 +175,51 @@ _INSERT_ORDER_WITH_EVENT = _INSERT_EVENT.add_cte(_INSERT_ORDER.cte("new_order"))
 
 
 async def _replay_or_claim(
-    session: AsyncSession, user_id: int, key: str, fingerprint: str
-) -> Order | None:
+    connection: AsyncConnection, user_id: int, key: str, fingerprint: str
+) -> OrderRow | None:
     """The order an earlier request with this key created, or None if this one goes ahead.
 
     A finished request is replayed without the in-flight lock, so any number of concurrent
     repeats of it all get the order; only a key with no stored request yet takes the lock
     (and looks again once it holds it: the first may have committed in between).
     """
-    if session.get_bind().dialect.name == "postgresql":
-        earlier = await session.get(IdempotencyKey, (user_id, key))
-        if earlier is not None and earlier.created_at >= utcnow() - IDEMPOTENCY_WINDOW:
-            return await _replay(session, earlier, fingerprint)
-        locked = await session.scalar(
+    if connection.dialect.name == "postgresql":
+        earlier = await _stored_key(connection, user_id, key)
+        if earlier is not None and earlier["created_at"] >= utcnow() - IDEMPOTENCY_WINDOW:
+            return await _replay(connection, earlier, fingerprint)
+        locked = await connection.scalar(
             select(func.pg_try_advisory_xact_lock(_advisory_lock_id(user_id, key)))
         )
         if not locked:
             raise ConflictError("A request with this Idempotency-Key is still in progress")
     # Under the lock (or SQLite's single writer): look again, the first may have committed.
-    earlier = await session.get(IdempotencyKey, (user_id, key), populate_existing=True)
+    earlier = await _stored_key(connection, user_id, key)
     if earlier is None:
         return None
-    if earlier.created_at < utcnow() - IDEMPOTENCY_WINDOW:
-        await session.delete(earlier)
-        await session.flush()
+    if earlier["created_at"] < utcnow() - IDEMPOTENCY_WINDOW:
+        await connection.execute(
+            delete(IdempotencyKey).where(
+                IdempotencyKey.user_id == user_id, IdempotencyKey.key == key
+            )
+        )
         return None
-    return await _replay(session, earlier, fingerprint)
+    return await _replay(connection, earlier, fingerprint)
 
 
-async def _replay(session: AsyncSession, earlier: IdempotencyKey, fingerprint: str) -> Order | None:
-    if earlier.fingerprint != fingerprint:
+async def _stored_key(connection: AsyncConnection, user_id: int, key: str) -> OrderRow | None:
+    stored = select(IdempotencyKey.__table__).where(
+        IdempotencyKey.user_id == user_id, IdempotencyKey.key == key
+    )
+    row = (await connection.execute(stored)).first()
+    return None if row is None else row._asdict()
+
+
+async def _replay(
+    connection: AsyncConnection, earlier: OrderRow, fingerprint: str
+) -> OrderRow | None:
+    if earlier["fingerprint"] != fingerprint:
         raise UnprocessableError("This Idempotency-Key was already used with a different body")
-    return await session.get(Order, earlier.order_id)
+    return await _find(connection, earlier["order_id"])
 
 
 def _fingerprint(data: OrderCreate) -> str:
