@@ -46,7 +46,7 @@ from psycopg import sql
 
 from oms import migrate
 from oms.config import Settings
-from oms.db import create_engine, create_sessionmaker
+from oms.db import create_engine, create_statement_engine
 from oms.orders.schemas import OrderCreate, OrderItem
 from oms.orders.service import create_order
 
@@ -77,15 +77,15 @@ async def create_orders(
 ) -> None:
     """Commit `count` orders, as fast as possible or paced at `rate` per second."""
     engine = create_engine(settings)
-    sessionmaker = create_sessionmaker(engine)
+    statements = create_statement_engine(engine)
     semaphore = asyncio.Semaphore(8)
     data = OrderCreate(items=[OrderItem(product_id="SKU-1", quantity=1, price=Decimal("9.99"))])
 
     async def one(index: int) -> None:
         if rate:
             await asyncio.sleep(index / rate)
-        async with semaphore, sessionmaker() as session:
-            await create_order(session, user_id, data, None)
+        async with semaphore, statements.connect() as connection:
+            await create_order(connection, user_id, data, None)
 
     await asyncio.gather(*(one(i) for i in range(count)))
     await engine.dispose()
