@@ -147,13 +147,4 @@ def orders_json(orders: Sequence[Order | dict[str, Any]]) -> bytes:
 def _document(order: Order | dict[str, Any]) -> dict[str, Any]:
     if not isinstance(order, Order):
         return order  # extra columns (version, dispatched_at) are left out by the serialiser
-    return {
-        "id": order.id,
-        "user_id": order.user_id,
-        "items": order.items,
-        "total_price": order.total_price,
-        "status": order.status,
-        "created_at": order.created_at,
-        "updated_at": order.updated_at,
-        "processed_at": order.processed_at,
-    }
+    return {name: getattr(order, name) for name in _OrderDocument.__annotations__}
