@@ -167,7 +167,8 @@ def create_statement_engine(engine: AsyncEngine) -> AsyncEngine:
     """The same pool, each statement committing by itself (PostgreSQL autocommit): a request
     that needs one statement at a time makes one round trip per statement, without BEGIN and
     COMMIT or ROLLBACK around it. SQLite keeps its transactions (its BEGIN IMMEDIATE hook
-    expects one): code that writes through it commits, which autocommit makes a no-op."""
+    expects one): writes go through `connection.begin()`, a no-op in autocommit, or
+    `in_transaction` when several statements must commit together."""
     if engine.dialect.name == "postgresql":
         return engine.execution_options(isolation_level="AUTOCOMMIT")
     return engine
