@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     password_hash_workers: int = Field(2, ge=1, le=64)
 
     processing_timeout_seconds: int = Field(30, ge=1)
+    # A task waiting in the Celery queue longer than this is presumed lost by the sweeper even
+    # if its waiting mark is still there (a worker that could not clear it).
+    task_max_wait_seconds: int = Field(3600, ge=60, le=7 * 86_400)
 
     # Event bus (RabbitMQ). Names are settings so parallel test runs never share a queue.
     rabbitmq_exchange: str = Field("oms.events", min_length=1, max_length=200)

@@ -26,6 +26,10 @@ EVENTS_DEAD_LETTERED = Counter(
 ORDERS_REDISPATCHED = Counter(
     "oms_orders_redispatched_total", "Orders the sweeper handed to process_order again"
 )
+ORDERS_SEEN_PENDING = Counter(
+    "oms_sweeper_orders_pending_total",
+    "Overdue orders the sweeper left alone because their task still waits or runs",
+)
 
 
 def serve_metrics(settings: Settings) -> None:

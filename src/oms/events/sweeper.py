@@ -6,7 +6,11 @@ outbox, and beat would be one more single-instance process to run and supervise.
 
 An order whose `processed_at` is still empty `PROCESSING_TIMEOUT_SECONDS` after its last hand-off
 (or after its creation, if it was never handed off: a dead-lettered event, an outbox row that
-waited out a long RabbitMQ outage) is dispatched again. The task's own check makes a second
+waited out a long RabbitMQ outage) is dispatched again, unless its task still waits in the Celery
+queue or runs (`oms.worker.waiting`): a backlog is not a loss, and re-queueing work that is only
+waiting would multiply the backlog. An order seen pending counts as handed off at that moment, so
+the scan moves on to older ones and a task lost later (a Redis restart) is re-dispatched at most
+`PROCESSING_TIMEOUT_SECONDS` plus one sweep after the loss. The task's own check makes a second
 run harmless, so a re-dispatch of an order that was merely slow costs one idle task, never a
 second processing.
 """
@@ -23,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from oms.config import Settings
 from oms.db import utcnow
-from oms.events.metrics import ORDERS_REDISPATCHED
+from oms.events.metrics import ORDERS_REDISPATCHED, ORDERS_SEEN_PENDING
 from oms.events.relay import update_backlog_metrics, wait_any
 from oms.orders.models import Order
 from oms.worker.dispatch import DispatchError, TaskDispatcher
@@ -43,7 +47,7 @@ class Sweeper:
         self._dispatcher = dispatcher
 
     async def sweep_once(self) -> int:
-        """Re-dispatch overdue orders; returns how many were handed off."""
+        """Re-dispatch overdue orders whose task is lost; returns how many were handed off."""
         now = utcnow()
         cutoff = now - timedelta(seconds=self._settings.processing_timeout_seconds)
         last_hand_off = func.coalesce(Order.dispatched_at, Order.created_at)
@@ -58,17 +62,29 @@ class Sweeper:
                     .with_for_update(skip_locked=True)
                 )
             ).all()
+            if not overdue:
+                return 0
+            try:
+                pending = await self._dispatcher.pending(overdue)
+            except DispatchError as error:
+                log.warning("Sweeper cannot see the task queue; will try again", error=str(error))
+                return 0
             for order_id in overdue:
+                if order_id in pending:
+                    continue
                 try:
                     await self._dispatcher.dispatch(order_id, None)
                 except DispatchError as error:
                     log.warning("Sweeper cannot dispatch; will try again", error=str(error))
                     break
                 dispatched.append(order_id)
-            if dispatched:
+            seen = [*pending, *dispatched]
+            if seen:
                 await session.execute(
-                    update(Order).where(Order.id.in_(dispatched)).values(dispatched_at=now)
+                    update(Order).where(Order.id.in_(seen)).values(dispatched_at=now)
                 )
+        if pending:
+            ORDERS_SEEN_PENDING.inc(len(pending))
         if dispatched:
             ORDERS_REDISPATCHED.inc(len(dispatched))
             log.warning(

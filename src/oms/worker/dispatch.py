@@ -8,16 +8,22 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import threading
 import uuid
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
+from typing import Protocol, TypeVar
 
+import redis
 import structlog
 
 from oms.config import Settings
 from oms.worker.processing import OrderProcessor
+from oms.worker.waiting import WaitingTasks
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 # Bounded in the publishing thread too: `.delay()` retries forever by default when Redis is down.
 CELERY_RETRY_POLICY = {
@@ -36,6 +42,10 @@ class TaskDispatcher(Protocol):
     async def dispatch(self, order_id: uuid.UUID, request_id: str | None) -> None:
         """Return once the task is safely queued; raise `DispatchError` otherwise."""
 
+    async def pending(self, order_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        """Of these orders, those whose task still waits in the queue or runs in a worker;
+        raise `DispatchError` when that cannot be known."""
+
     async def close(self) -> None: ...
 
 
@@ -48,9 +58,9 @@ class CeleryDispatcher:
         configure_celery(settings)
         self._timeout = settings.celery_publish_timeout_seconds
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="celery-dispatch")
+        self._waiting = WaitingTasks(settings)
 
-    @staticmethod
-    def _send(order_id: uuid.UUID, request_id: str | None) -> None:
+    def _send(self, order_id: uuid.UUID, request_id: str | None) -> None:
         from oms.worker.tasks import process_order
 
         process_order.apply_async(
@@ -59,21 +69,30 @@ class CeleryDispatcher:
             retry=True,
             retry_policy=CELERY_RETRY_POLICY,
         )
-
-    async def dispatch(self, order_id: uuid.UUID, request_id: str | None) -> None:
-        loop = asyncio.get_running_loop()
-        call = functools.partial(contextvars.copy_context().run, self._send, order_id, request_id)
         try:
-            await asyncio.wait_for(loop.run_in_executor(self._executor, call), self._timeout)
+            self._waiting.add([order_id])
+        except redis.RedisError as error:
+            log.warning("Task queued but not marked waiting", error=str(error))
+
+    async def _in_thread(self, function: Callable[..., T], *args: object) -> T:
+        loop = asyncio.get_running_loop()
+        call = functools.partial(contextvars.copy_context().run, function, *args)
+        try:
+            return await asyncio.wait_for(loop.run_in_executor(self._executor, call), self._timeout)
         except TimeoutError as error:
-            raise DispatchError(
-                f"Celery broker did not accept the task in {self._timeout}s"
-            ) from error
+            raise DispatchError(f"Celery's Redis did not answer in {self._timeout}s") from error
         except Exception as error:
             raise DispatchError(f"{type(error).__name__}: {error}") from error
 
+    async def dispatch(self, order_id: uuid.UUID, request_id: str | None) -> None:
+        await self._in_thread(self._send, order_id, request_id)
+
+    async def pending(self, order_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        return await self._in_thread(self._waiting.pending, order_ids)
+
     async def close(self) -> None:
         await asyncio.to_thread(self._executor.shutdown, True, cancel_futures=True)
+        self._waiting.close()
 
 
 class ThreadDispatcher:
@@ -85,6 +104,8 @@ class ThreadDispatcher:
     def __init__(self, processor: OrderProcessor, threads: int) -> None:
         self._processor = processor
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="order-task")
+        self._queued: set[uuid.UUID] = set()
+        self._queued_lock = threading.Lock()
 
     def _run(self, order_id: uuid.UUID, request_id: str | None) -> None:
         with structlog.contextvars.bound_contextvars(order_id=str(order_id), request_id=request_id):
@@ -92,12 +113,23 @@ class ThreadDispatcher:
                 self._processor.process(order_id)
             except Exception:
                 log.exception("process_order failed; the sweeper will re-dispatch the order")
+            finally:
+                with self._queued_lock:
+                    self._queued.discard(order_id)
 
     async def dispatch(self, order_id: uuid.UUID, request_id: str | None) -> None:
+        with self._queued_lock:
+            self._queued.add(order_id)
         try:
             self._executor.submit(self._run, order_id, request_id)
         except RuntimeError as error:  # shut down
+            with self._queued_lock:
+                self._queued.discard(order_id)
             raise DispatchError(str(error)) from error
+
+    async def pending(self, order_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        with self._queued_lock:
+            return self._queued.intersection(order_ids)
 
     async def close(self) -> None:
         await asyncio.to_thread(self._executor.shutdown, True)

@@ -14,23 +14,24 @@ from sqlalchemy.exc import OperationalError
 from oms.worker.celery_app import PROCESS_ORDER, app, configured_settings
 from oms.worker.database import create_sync_engine
 from oms.worker.processing import CacheWriter, NoCache, OrderProcessor, RedisCacheWriter
+from oms.worker.waiting import WaitingTasks
 
 log = structlog.get_logger(__name__)
 
 _lock = threading.Lock()
-_processor: tuple[int, OrderProcessor] | None = None
+_state: tuple[int, OrderProcessor, WaitingTasks] | None = None
 
 
-def _get_processor() -> OrderProcessor:
-    """One engine and Redis client per worker process (rebuilt after a prefork fork)."""
-    global _processor
+def _worker_state() -> tuple[OrderProcessor, WaitingTasks]:
+    """One engine and Redis clients per worker process (rebuilt after a prefork fork)."""
+    global _state
     with _lock:
-        if _processor is None or _processor[0] != os.getpid():
+        if _state is None or _state[0] != os.getpid():
             settings = configured_settings()
             cache: CacheWriter = RedisCacheWriter(settings) if settings.redis_url else NoCache()
             engine = create_sync_engine(settings, pool_size=settings.worker_concurrency)
-            _processor = (os.getpid(), OrderProcessor(engine, cache))
-        return _processor[1]
+            _state = (os.getpid(), OrderProcessor(engine, cache), WaitingTasks(settings))
+        return _state[1], _state[2]
 
 
 @app.task(
@@ -54,4 +55,9 @@ def process_order(self: Task[Any, Any], order_id: str, request_id: str | None = 
         except (TypeError, ValueError):
             log.error("Invalid order id; task dropped")
             return
-        _get_processor().process(parsed)
+        processor, waiting = _worker_state()
+        waiting.taken(parsed)
+        try:
+            processor.process(parsed)
+        finally:
+            waiting.done(parsed)
