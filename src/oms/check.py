@@ -25,7 +25,10 @@ from sqlalchemy.engine import Connection
 
 from oms import migrate
 from oms.config import Settings
-from oms.db import create_engine
+from oms.db import create_engine, create_sessionmaker
+from oms.events.relay import age_seconds
+from oms.events.sweeper import unprocessed_orders
+from oms.worker.waiting import QueueStats, WaitingTasks
 
 
 class State(StrEnum):
@@ -80,7 +83,7 @@ async def run_checks(
         (
             "celery broker",
             settings.celery_broker_url,
-            lambda: _celery_broker(settings.celery_broker_url or "", timeout_seconds, queue),
+            lambda: _celery_broker(settings, timeout_seconds),
         ),
         (
             "rabbitmq",
@@ -157,6 +160,10 @@ async def _database(settings: Settings, heads: Sequence[str]) -> str:
         async with engine.connect() as connection:
             applied = await connection.run_sync(_applied_revisions)
             version = connection.dialect.server_version_info
+        backlog = ""
+        if applied is not None and set(applied) == set(heads):
+            count, oldest = await unprocessed_orders(create_sessionmaker(engine))
+            backlog = f", {count} orders unprocessed (oldest {age_seconds(oldest):.0f} s old)"
     finally:
         await engine.dispose()
     server = f"{engine.dialect.name} {'.'.join(str(part) for part in version or ())}".strip()
@@ -168,7 +175,7 @@ async def _database(settings: Settings, heads: Sequence[str]) -> str:
         raise DependencyProblem(
             State.OUTDATED, f"{server}, schema at {at}, code expects {wanted}: run `oms migrate`"
         )
-    return f"{server}, schema at head {wanted}"
+    return f"{server}, schema at head {wanted}{backlog}"
 
 
 def _sqlite_file(settings: Settings) -> Path | None:
@@ -198,13 +205,25 @@ async def _redis(url: str, timeout_seconds: float) -> str:
     return f"redis {info.get('redis_version', '?')}, db {database}, PING ok"
 
 
-async def _celery_broker(url: str, timeout_seconds: float, queue: str) -> str:
+async def _celery_broker(settings: Settings, timeout_seconds: float) -> str:
+    url = settings.celery_broker_url or ""
     scheme = urlsplit(url).scheme
-    if scheme in ("redis", "rediss"):
-        return await _redis(url, timeout_seconds)
-    if scheme in ("amqp", "amqps", "pyamqp"):
-        return await _rabbitmq(url.replace("pyamqp://", "amqp://", 1), timeout_seconds, queue=None)
-    raise DependencyProblem(State.SKIPPED, f"no probe for the {scheme!r} transport")
+    if scheme not in ("redis", "rediss", "unix"):
+        raise DependencyProblem(State.SKIPPED, f"no probe for the {scheme!r} transport")
+    server = await _redis(url, timeout_seconds)
+    stats = await asyncio.to_thread(_queue_stats, settings)
+    return (
+        f"{server}, queue {settings.celery_queue}: {stats.queued} tasks waiting, "
+        f"{stats.running} running, {stats.redispatched} re-dispatched by the sweeper"
+    )
+
+
+def _queue_stats(settings: Settings) -> QueueStats:
+    marks = WaitingTasks(settings)
+    try:
+        return marks.stats()
+    finally:
+        marks.close()
 
 
 async def _rabbitmq(url: str, timeout_seconds: float, queue: str | None) -> str:

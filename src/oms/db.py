@@ -81,6 +81,14 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_datetime(value: datetime | str | None) -> datetime | None:
+    """An aggregate's timestamp as an aware datetime (SQLite returns aggregates untyped)."""
+    if value is None:
+        return None
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 def create_engine(settings: Settings) -> AsyncEngine:
     """One engine (one pool) per process."""
     if settings.is_sqlite:

@@ -26,6 +26,14 @@ EVENTS_DEAD_LETTERED = Counter(
 ORDERS_REDISPATCHED = Counter(
     "oms_orders_redispatched_total", "Orders the sweeper handed to process_order again"
 )
+ORDERS_UNPROCESSED = Gauge("oms_orders_unprocessed", "Orders the worker has not processed yet")
+OLDEST_UNPROCESSED_AGE = Gauge(
+    "oms_oldest_unprocessed_order_age_seconds", "Age of the oldest order not processed yet"
+)
+CELERY_QUEUE_DEPTH = Gauge(
+    "oms_celery_queue_depth", "process_order tasks waiting in the Celery queue (Redis)"
+)
+TASKS_RUNNING = Gauge("oms_tasks_running", "process_order tasks taken by a worker and not done")
 ORDERS_SEEN_PENDING = Counter(
     "oms_sweeper_orders_pending_total",
     "Overdue orders the sweeper left alone because their task still waits or runs",

@@ -28,7 +28,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from oms.config import Settings
-from oms.db import utcnow
+from oms.db import as_datetime, utcnow
 from oms.events.bus import EventPublisher, OutgoingEvent
 from oms.events.metrics import (
     EVENTS_PUBLISHED,
@@ -189,21 +189,18 @@ async def outbox_backlog(
                 )
             )
         ).one()
-    count, oldest = int(row[0]), row[1]
-    if isinstance(oldest, str):  # SQLite returns the aggregate untyped
-        oldest = datetime.fromisoformat(oldest)
-    return count, oldest
+    return int(row[0]), as_datetime(row[1])
+
+
+def age_seconds(moment: datetime | None) -> float:
+    """Seconds since `moment`, 0 for none."""
+    return 0.0 if moment is None else max(0.0, (utcnow() - moment).total_seconds())
 
 
 async def update_backlog_metrics(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
     count, oldest = await outbox_backlog(sessionmaker)
     OUTBOX_BACKLOG.set(count)
-    if oldest is None:
-        OUTBOX_OLDEST_AGE.set(0)
-    else:
-        if oldest.tzinfo is None:
-            oldest = oldest.replace(tzinfo=utcnow().tzinfo)
-        OUTBOX_OLDEST_AGE.set(max(0.0, (utcnow() - oldest).total_seconds()))
+    OUTBOX_OLDEST_AGE.set(age_seconds(oldest))
 
 
 async def run_relay(settings: Settings) -> int:

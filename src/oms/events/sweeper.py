@@ -19,20 +19,40 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import structlog
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from oms.config import Settings
-from oms.db import utcnow
-from oms.events.metrics import ORDERS_REDISPATCHED, ORDERS_SEEN_PENDING
-from oms.events.relay import update_backlog_metrics, wait_any
+from oms.db import as_datetime, utcnow
+from oms.events.metrics import (
+    CELERY_QUEUE_DEPTH,
+    OLDEST_UNPROCESSED_AGE,
+    ORDERS_REDISPATCHED,
+    ORDERS_SEEN_PENDING,
+    ORDERS_UNPROCESSED,
+    TASKS_RUNNING,
+)
+from oms.events.relay import age_seconds, update_backlog_metrics, wait_any
 from oms.orders.models import Order
 from oms.worker.dispatch import DispatchError, TaskDispatcher
 
 log = structlog.get_logger(__name__)
+
+
+async def unprocessed_orders(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> tuple[int, datetime | None]:
+    """How many orders await processing and when the oldest of them was created."""
+    async with sessionmaker() as session:
+        row = (
+            await session.execute(
+                select(func.count(), func.min(Order.created_at)).where(Order.processed_at.is_(None))
+            )
+        ).one()
+    return int(row[0]), as_datetime(row[1])
 
 
 class Sweeper:
@@ -87,6 +107,7 @@ class Sweeper:
             ORDERS_SEEN_PENDING.inc(len(pending))
         if dispatched:
             ORDERS_REDISPATCHED.inc(len(dispatched))
+            await self._dispatcher.record_redispatches(len(dispatched))
             log.warning(
                 "Re-dispatched orders still unprocessed after the timeout",
                 count=len(dispatched),
@@ -94,11 +115,23 @@ class Sweeper:
             )
         return len(dispatched)
 
+    async def _update_processing_metrics(self) -> None:
+        count, oldest = await unprocessed_orders(self._sessionmaker)
+        ORDERS_UNPROCESSED.set(count)
+        OLDEST_UNPROCESSED_AGE.set(age_seconds(oldest))
+        try:
+            stats = await self._dispatcher.stats()
+        except DispatchError:
+            return  # the broker is down: the sweep itself has logged it
+        CELERY_QUEUE_DEPTH.set(stats.queued)
+        TASKS_RUNNING.set(stats.running)
+
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
                 await self.sweep_once()
                 await update_backlog_metrics(self._sessionmaker)
+                await self._update_processing_metrics()
             except Exception as error:
                 log.warning("Sweep failed", error=f"{type(error).__name__}: {error}")
             await wait_any(stop, None, self._settings.sweeper_interval_seconds)

@@ -6,6 +6,7 @@ The consumer and the sweeper only see `TaskDispatcher`; the transport is chosen 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import threading
@@ -19,7 +20,7 @@ import structlog
 
 from oms.config import Settings
 from oms.worker.processing import OrderProcessor
-from oms.worker.waiting import WaitingTasks
+from oms.worker.waiting import QueueStats, WaitingTasks
 
 log = structlog.get_logger(__name__)
 
@@ -45,6 +46,12 @@ class TaskDispatcher(Protocol):
     async def pending(self, order_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
         """Of these orders, those whose task still waits in the queue or runs in a worker;
         raise `DispatchError` when that cannot be known."""
+
+    async def record_redispatches(self, count: int) -> None:
+        """Count re-dispatches by the sweeper; never raises."""
+
+    async def stats(self) -> QueueStats:
+        """The queue's depth and counts; raise `DispatchError` when they cannot be read."""
 
     async def close(self) -> None: ...
 
@@ -90,6 +97,13 @@ class CeleryDispatcher:
     async def pending(self, order_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
         return await self._in_thread(self._waiting.pending, order_ids)
 
+    async def record_redispatches(self, count: int) -> None:
+        with contextlib.suppress(DispatchError):
+            await self._in_thread(self._waiting.record_redispatches, count)
+
+    async def stats(self) -> QueueStats:
+        return await self._in_thread(self._waiting.stats)
+
     async def close(self) -> None:
         await asyncio.to_thread(self._executor.shutdown, True, cancel_futures=True)
         self._waiting.close()
@@ -105,9 +119,13 @@ class ThreadDispatcher:
         self._processor = processor
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="order-task")
         self._queued: set[uuid.UUID] = set()
+        self._running: set[uuid.UUID] = set()
         self._queued_lock = threading.Lock()
+        self._redispatched = 0
 
     def _run(self, order_id: uuid.UUID, request_id: str | None) -> None:
+        with self._queued_lock:
+            self._running.add(order_id)
         with structlog.contextvars.bound_contextvars(order_id=str(order_id), request_id=request_id):
             try:
                 self._processor.process(order_id)
@@ -116,6 +134,7 @@ class ThreadDispatcher:
             finally:
                 with self._queued_lock:
                     self._queued.discard(order_id)
+                    self._running.discard(order_id)
 
     async def dispatch(self, order_id: uuid.UUID, request_id: str | None) -> None:
         with self._queued_lock:
@@ -130,6 +149,14 @@ class ThreadDispatcher:
     async def pending(self, order_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
         with self._queued_lock:
             return self._queued.intersection(order_ids)
+
+    async def record_redispatches(self, count: int) -> None:
+        self._redispatched += count
+
+    async def stats(self) -> QueueStats:
+        with self._queued_lock:
+            running = len(self._running)
+            return QueueStats(len(self._queued) - running, running, self._redispatched)
 
     async def close(self) -> None:
         await asyncio.to_thread(self._executor.shutdown, True)

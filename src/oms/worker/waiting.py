@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import redis
 import structlog
@@ -35,6 +36,31 @@ def running_key(settings: Settings) -> str:
     return f"{settings.celery_queue}:running"
 
 
+def redispatched_key(settings: Settings) -> str:
+    return f"{settings.celery_queue}:redispatched"
+
+
+# kombu's Redis transport keeps one list per priority step: the queue's name for priority 0,
+# the name, its separator and the step for the others (kombu.transport.redis, PRIORITY_STEPS).
+_PRIORITY_SEPARATOR = "\x06\x16"
+_PRIORITY_STEPS = (0, 3, 6, 9)
+
+
+def priority_lists(queue: str) -> list[str]:
+    return [
+        queue if step == 0 else f"{queue}{_PRIORITY_SEPARATOR}{step}" for step in _PRIORITY_STEPS
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """The task queue as the broker sees it now."""
+
+    queued: int  # task messages waiting in the queue
+    running: int  # tasks taken by a worker and not done (marks younger than the timeout)
+    redispatched: int  # re-dispatches by the sweeper since the broker's data began
+
+
 class WaitingTasks:
     """Marks in the Celery broker's Redis; every call is bounded by the client's timeouts."""
 
@@ -48,6 +74,8 @@ class WaitingTasks:
         )
         self._waiting = waiting_key(settings)
         self._running = running_key(settings)
+        self._redispatched = redispatched_key(settings)
+        self._queues = priority_lists(settings.celery_queue)
         self._max_wait = settings.task_max_wait_seconds
         self._max_run = settings.processing_timeout_seconds
         self._failing = False
@@ -94,6 +122,20 @@ class WaitingTasks:
             if (queued is not None and queued >= now - self._max_wait)
             or (started is not None and started >= now - self._max_run)
         }
+
+    def record_redispatches(self, count: int) -> None:
+        """Count the sweeper's re-dispatches where `oms check` and every process can read them."""
+        self._quietly(lambda pipe: pipe.incrby(self._redispatched, count))
+
+    def stats(self) -> QueueStats:
+        """Raises `redis.RedisError`."""
+        pipe = self._client.pipeline(transaction=False)
+        for queue in self._queues:
+            pipe.llen(queue)
+        pipe.zcount(self._running, time.time() - self._max_run, "+inf")
+        pipe.get(self._redispatched)
+        *lengths, running, redispatched = pipe.execute()
+        return QueueStats(sum(lengths), int(running), int(redispatched or 0))
 
     def _quietly(self, commands: Callable[[Pipeline], object]) -> None:
         pipe = self._client.pipeline(transaction=False)
