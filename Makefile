@@ -4,12 +4,12 @@ PYTHON ?= python3
 # uv from PATH, else bootstrapped from PyPI into .tools/ (needs only Python 3.11).
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
 
-.PHONY: run test lint format fuzz up stack bench chaos soak
+.PHONY: run test lint format fuzz up stack bench chaos soak wrk
 
 run: .venv/.synced
 	$(UV) run oms dev
 
-test: .venv/.synced
+test: .venv/.synced wrk
 	$(UV) run pytest
 
 # The suite's schemathesis run with many more examples per operation.
@@ -24,7 +24,7 @@ lint: .venv/.synced
 # Fault drills under load on the production topology (private PostgreSQL, Redis and RabbitMQ
 # that the drills crash and restart; the shared servers are never touched). Prints a table per
 # fault and writes chaos/results/chaos-*.json; exits 1 if an order was lost or processed twice.
-chaos: .venv/.synced
+chaos: .venv/.synced wrk
 	$(UV) run python -m chaos
 
 # Mixed load on the same topology for SOAK_SECONDS (default 600): RSS and open descriptors of
@@ -41,16 +41,19 @@ stack: .venv/.synced
 # Throughput and latency of the real API process under wrk, as ratios to GET /health measured in
 # the same run (bench/run.py; README "Performance"). Needs the local PostgreSQL and Redis; about
 # 5 minutes. BENCH_ARGS="--quick" checks the tooling in about a minute.
-bench: .venv/.synced
+bench: .venv/.synced wrk
+	$(UV) run python -m bench.run $(BENCH_ARGS)
+
+# wrk drives `make bench` and the chaos drills' POST burst.
+wrk:
 	@command -v wrk >/dev/null 2>&1 || { \
 	  if command -v apt-get >/dev/null 2>&1; then \
 	    echo "Installing wrk (apt-get install -y wrk)"; \
 	    { apt-get install -y wrk || { apt-get update && apt-get install -y wrk; }; } >/dev/null; \
 	  else \
-	    echo "make bench needs wrk (https://github.com/wg/wrk): no apt-get here, install it yourself" >&2; \
+	    echo "wrk is needed (https://github.com/wg/wrk): no apt-get here, install it yourself" >&2; \
 	    exit 2; \
 	  fi; }
-	$(UV) run python -m bench.run $(BENCH_ARGS)
 
 # The whole service in Docker Compose (postgres, redis, rabbitmq, migrate, api, relay, consumer,
 # worker). Needs Docker with the compose plugin.

@@ -16,6 +16,7 @@ def main() -> int:
     parser.add_argument("--short", action="store_true", help="the CI-sized drills")
     parser.add_argument("--fault", action="append", choices=sorted(drills.FAULTS))
     parser.add_argument("--no-replicas", action="store_true")
+    parser.add_argument("--no-burst", action="store_true")
     args = parser.parse_args()
     if args.command == "soak":
         from chaos import soak
@@ -24,7 +25,7 @@ def main() -> int:
         return soak.main(seconds)
     timing = drills.SHORT if args.short else drills.FULL
     results, context = asyncio.run(
-        drills.run_all(timing, args.fault, replicas=not args.no_replicas)
+        drills.run_all(timing, args.fault, replicas=not args.no_replicas, burst=not args.no_burst)
     )
     print(drills.table(results))
     for result in results:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from bench.wrk import run_wrk
 from tests.conftest import ITEM, register_and_login
 
 from chaos.load import EXPECTED, TRANSPORT_ERROR, Load, Sample
@@ -43,12 +44,14 @@ class Timing:
     max_requests: int
     # PROCESSING_TIMEOUT_SECONDS: how soon the sweeper re-dispatches tasks a fault lost.
     processing_timeout: int
+    # The POST burst: wrk at full speed for this long, one fresh user, no rate limit.
+    burst: int
 
 
 FULL = Timing(before=5, outage=10, after=5, rate=30, users=20, recover_within=120,
-              drain_within=120, max_requests=5000, processing_timeout=10)  # fmt: skip
+              drain_within=120, max_requests=5000, processing_timeout=10, burst=60)  # fmt: skip
 SHORT = Timing(before=1, outage=2.5, after=0.5, rate=12, users=6, recover_within=60,
-               drain_within=60, max_requests=600, processing_timeout=6)  # fmt: skip
+               drain_within=60, max_requests=600, processing_timeout=6, burst=5)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,8 @@ class Fault:
     restore: Callable[[Topology], None]
     # Only a PostgreSQL outage may answer 503 (SPEC: the database is the one critical store).
     allows_503: bool = False
+    # How long the fault lasts, when not the timing's `outage`.
+    outage: float | None = None
 
 
 def _kill_role(role: str) -> Callable[[Topology], None]:
@@ -79,6 +84,18 @@ def _restart_redis(topology: Topology) -> None:
     topology.redis.start()
 
 
+def _shutdown_redis_while_tasks_run(topology: Topology) -> None:
+    """Shut Redis down right after a task started its 2 s sleep, so its ack is bound to fail."""
+    started = len(topology.events("worker", "Processing order"))
+    deadline = time.monotonic() + 30
+    while len(topology.events("worker", "Processing order")) == started:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    time.sleep(0.5)
+    topology.redis.shutdown()
+
+
 FAULTS = {
     fault.name: fault
     for fault in (
@@ -87,6 +104,9 @@ FAULTS = {
               allows_503=True),
         Fault("redis", "SIGKILL (no persistence), start", lambda t: t.redis.kill(),
               _restart_redis),
+        # Issue 11, scenario 2: the worker holds tasks in their sleep, their acks then fail.
+        Fault("redis-held-tasks", "SHUTDOWN NOSAVE while tasks sleep, start 2 s later",
+              _shutdown_redis_while_tasks_run, _restart_redis, outage=2),
         Fault("rabbitmq", "rabbitmqctl stop, rabbitmq-server", lambda t: t.rabbitmq.stop(),
               lambda t: t.rabbitmq.start() and None),
         Fault("relay", "SIGKILL, new process", _kill_role("relay"), _start_role("relay")),
@@ -257,7 +277,7 @@ async def run_drill(topology: Topology, load: Load, fault: Fault, timing: Timing
         await asyncio.sleep(timing.before)
         load.phase = f"{fault.name}:outage"
         await asyncio.to_thread(fault.inject, topology)
-        await asyncio.sleep(timing.outage)
+        await asyncio.sleep(timing.outage if fault.outage is None else fault.outage)
         load.phase = f"{fault.name}:recovery"
         restore_at = time.monotonic()
         await asyncio.to_thread(fault.restore, topology)
@@ -339,6 +359,52 @@ async def run_replicas(topology: Topology, load: Load, timing: Timing) -> DrillR
     )
 
 
+async def run_burst(topology: Topology, timing: Timing) -> DrillResult:
+    """`POST /orders/` as fast as the API takes it (wrk) for `timing.burst` seconds, from an API
+    process without a rate limit: every order created is processed exactly once."""
+    api = topology.start_role("api", rate_limit_times="1000000000")
+    await asyncio.to_thread(topology.wait_ready)
+    url = topology.api_url_of[api]
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        user = await register_and_login(client)
+    tokens = topology.workdir / "burst-tokens.txt"
+    tokens.write_text(user.headers["Authorization"].removeprefix("Bearer ") + "\n")
+    started = time.monotonic()
+    result = await asyncio.to_thread(
+        run_wrk, f"{url}/orders/", seconds=timing.burst, threads=1, connections=32,
+        script="post_order.lua", script_args=(str(tokens),),
+    )  # fmt: skip
+    api.stop()
+    topology.roles["api"].remove(api)
+    order_ids = [row[0] for row in topology.query(
+        "SELECT id::text FROM orders WHERE user_id = %s", user.id
+    )]  # fmt: skip
+    # The backlog drains at the workers' rate (SPEC 5: at least 250 orders/s per worker).
+    within = max(timing.drain_within, len(order_ids) / 100)
+    waited = await _wait(lambda: _unprocessed(topology, order_ids) == 0, within)
+    counts = {"201": result.requests - result.non_2xx, "other": result.non_2xx}
+    return DrillResult(
+        fault="burst",
+        how=f"wrk POST at full rate for {timing.burst} s",
+        requests=result.requests,
+        status_counts=counts,
+        server_errors=result.non_2xx + result.socket_errors,
+        service_unavailable=0,
+        unexpected={},
+        restore_seconds=0.0,
+        api_ok_after_seconds=0.0,
+        recovered_seconds=None if waited is None else round(waited, 2),
+        books=check_books(topology, order_ids),
+        replay_mismatches=0,
+        notes={
+            "posts_per_second": result.requests_per_second,
+            "orders": len(order_ids),
+            "processed_within_seconds_after_burst": None if waited is None else round(waited, 1),
+            "burst_seconds": round(time.monotonic() - started - (waited or 0), 1),
+        },
+    )
+
+
 async def _shared_rate_limit(
     api1: httpx.AsyncClient, api2: httpx.AsyncClient, topology: Topology
 ) -> dict[str, Any]:
@@ -381,7 +447,7 @@ async def _cache_coherence(api1: httpx.AsyncClient, api2: httpx.AsyncClient) -> 
 
 
 async def run_all(
-    timing: Timing, faults: list[str] | None = None, replicas: bool = True
+    timing: Timing, faults: list[str] | None = None, replicas: bool = True, burst: bool = True
 ) -> tuple[list[DrillResult], dict[str, Any]]:
     selected = [FAULTS[name] for name in (faults or list(FAULTS))]
     with running_topology(processing_timeout_seconds=str(timing.processing_timeout)) as topology:
@@ -391,6 +457,8 @@ async def run_all(
             results = [await run_drill(topology, load, fault, timing) for fault in selected]
             if replicas:
                 results.append(await run_replicas(topology, load, timing))
+            if burst:
+                results.append(await run_burst(topology, timing))
             context = {
                 "rabbitmq_node_start_seconds": round(topology.rabbitmq_start_seconds, 2),
                 "orders_created": len(load.created),

@@ -72,12 +72,13 @@ class Topology:
         return self.postgres.url("oms")
 
     # --- roles -------------------------------------------------------------------------------
-    def start_role(self, role: str) -> OmsProcess:
+    def start_role(self, role: str, **overrides: str) -> OmsProcess:
         args: tuple[str, ...] = ()
         if role == "api":
             port = free_port()
             args = ("--host", "127.0.0.1", "--port", str(port))
-        process = OmsProcess(role, self.env, self.workdir, *args).start()
+        env = {**self.env, **{key.upper(): value for key, value in overrides.items()}}
+        process = OmsProcess(role, env, self.workdir, *args).start()
         if role == "api":
             self.api_url_of[process] = f"http://127.0.0.1:{port}"
         self.roles[role].append(process)

@@ -3,7 +3,8 @@
 One private PostgreSQL cluster, redis-server and RabbitMQ node (the shared servers are never
 touched), the four roles as real `oms` processes, a steady mixed load; PostgreSQL crashed,
 Redis killed, RabbitMQ stopped, relay, consumer and worker SIGKILLed, one at a time; then two
-APIs, two relays and two consumers at once. Same code as `make chaos`, shorter phases.
+APIs, two relays and two consumers at once; then a burst of POSTs at the API's full rate (wrk).
+Same code as `make chaos`, shorter phases.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ async def test_fault_drills_keep_the_books() -> None:
     by_fault = {result.fault: result for result in results}
     table = drills.table(results) + f"\nlogs: {context['logs']}"
 
-    assert set(by_fault) == {*drills.FAULTS, "replicas"}
+    assert set(by_fault) == {*drills.FAULTS, "replicas", "burst"}
     for result in results:
         assert result.books.orders > 0, table
         assert result.lost == 0, (result.books, table)

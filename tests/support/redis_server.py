@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -55,6 +56,23 @@ class RedisServer:
 
     def kill(self) -> None:
         if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait(10)
+        self._process = None
+
+    def shutdown(self) -> None:
+        """`SHUTDOWN NOSAVE`, as an operator stops it: clients see the connection closed."""
+        if self._process is None:
+            return
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", self.port), timeout=2) as connection,
+        ):
+            connection.sendall(b"SHUTDOWN NOSAVE\r\n")
+            connection.recv(64)
+        try:
+            self._process.wait(10)
+        except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait(10)
         self._process = None
