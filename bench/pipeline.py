@@ -57,6 +57,46 @@ RABBITMQ_URL = os.environ.get("OMS_BENCH_RABBITMQ_URL", "amqp://guest:guest@127.
 CELERY_BROKER_URL = os.environ.get("OMS_BENCH_CELERY_BROKER_URL", "redis://127.0.0.1:6379/1")
 
 
+def create_database(suffix: str) -> tuple[str, str]:
+    """A fresh database for one bench run: its name and URL (drop it with `drop_database`)."""
+    name = f"oms_bench_{suffix}"
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return name, ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
+
+
+def drop_database(name: str) -> None:
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+def pipeline_env(suffix: str, database_url: str) -> dict[str, str]:
+    """Settings of every role of a bench run: its own database, queue names and Celery queue."""
+    return {
+        "APP_ENV": "test",
+        "SECRET_KEY": secrets.token_urlsafe(48),
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "WARNING",
+        "DATABASE_URL": database_url,
+        "RABBITMQ_URL": RABBITMQ_URL,
+        "CELERY_BROKER_URL": CELERY_BROKER_URL,
+        "CELERY_QUEUE": f"oms.bench.{suffix}",
+        "RABBITMQ_EXCHANGE": f"oms.bench.{suffix}",
+        "NEW_ORDER_QUEUE": f"new_order.bench.{suffix}",
+    }
+
+
+def create_user(db: psycopg.Connection[Any]) -> int:
+    row = db.execute(
+        "INSERT INTO users (email, hashed_password, created_at) "
+        "VALUES ('bench@example.com', 'x', now()) RETURNING id"
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
@@ -115,33 +155,15 @@ def main() -> None:
     n = max(1, int(args.rate * args.seconds))
 
     suffix = uuid.uuid4().hex[:10]
-    db_name = f"oms_bench_{suffix}"
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db_name)))
-    db_url = ADMIN_DSN.rsplit("/", 1)[0] + f"/{db_name}"
-    env = {
-        "APP_ENV": "test",
-        "SECRET_KEY": secrets.token_urlsafe(48),
-        "LOG_FORMAT": "json",
-        "LOG_LEVEL": "WARNING",
-        "DATABASE_URL": db_url,
-        "RABBITMQ_URL": RABBITMQ_URL,
-        "CELERY_BROKER_URL": CELERY_BROKER_URL,
-        "CELERY_QUEUE": f"oms.bench.{suffix}",
-        "RABBITMQ_EXCHANGE": f"oms.bench.{suffix}",
-        "NEW_ORDER_QUEUE": f"new_order.bench.{suffix}",
-        "PROCESSING_TIMEOUT_SECONDS": "3600",
-    }
+    db_name, db_url = create_database(suffix)
+    env = {**pipeline_env(suffix, db_url), "PROCESSING_TIMEOUT_SECONDS": "3600"}
     settings = Settings(_env_file=None, **{k.lower(): v for k, v in env.items()})  # type: ignore[call-arg]
     processes: list[subprocess.Popen[bytes]] = []
     workdir = tempfile.mkdtemp()
     try:
         migrate.upgrade(db_url)
         with psycopg.connect(db_url, autocommit=True) as db:
-            user_id = db.execute(
-                "INSERT INTO users (email, hashed_password, created_at) "
-                "VALUES ('bench@example.com', 'x', now()) RETURNING id"
-            ).fetchone()[0]  # type: ignore[index]
+            user_id = create_user(db)
 
             def count(query: str, *params: object) -> int:
                 return int(db.execute(query, params).fetchone()[0])  # type: ignore[index]
@@ -238,10 +260,7 @@ def main() -> None:
                 process.wait(30)
         asyncio.run(_delete_queues(env))
         redis.Redis.from_url(CELERY_BROKER_URL).delete(env["CELERY_QUEUE"])
-        with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db_name))
-            )
+        drop_database(db_name)
 
     result = {
         "orders": n,

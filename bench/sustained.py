@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import json
 import re
-import secrets
 import socket
 import subprocess
 import sys
@@ -37,15 +36,16 @@ from pathlib import Path
 
 import psycopg
 import redis
-from psycopg import sql
 
 from bench.pipeline import (
-    ADMIN_DSN,
     CELERY_BROKER_URL,
-    RABBITMQ_URL,
     _delete_queues,
+    create_database,
     create_orders,
+    create_user,
+    drop_database,
     percentile,
+    pipeline_env,
     start,
 )
 from oms import migrate
@@ -97,23 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     count = max(1, int(args.rate * args.seconds))
 
     suffix = uuid.uuid4().hex[:10]
-    db_name = f"oms_bench_{suffix}"
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db_name)))
-    db_url = ADMIN_DSN.rsplit("/", 1)[0] + f"/{db_name}"
-    queue = f"oms.bench.{suffix}"
-    env = {
-        "APP_ENV": "test",
-        "SECRET_KEY": secrets.token_urlsafe(48),
-        "LOG_FORMAT": "json",
-        "LOG_LEVEL": "WARNING",
-        "DATABASE_URL": db_url,
-        "RABBITMQ_URL": RABBITMQ_URL,
-        "CELERY_BROKER_URL": CELERY_BROKER_URL,
-        "CELERY_QUEUE": queue,
-        "RABBITMQ_EXCHANGE": f"oms.bench.{suffix}",
-        "NEW_ORDER_QUEUE": f"new_order.bench.{suffix}",
-    }
+    db_name, db_url = create_database(suffix)
+    env = pipeline_env(suffix, db_url)
+    queue = env["CELERY_QUEUE"]
     settings = Settings(_env_file=None, **{k.lower(): v for k, v in env.items()})  # type: ignore[call-arg]
     ports = {role: free_port() for role in ("relay", "consumer", "worker")}
     processes: list[subprocess.Popen[bytes]] = []
@@ -122,10 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         migrate.upgrade(db_url)
         with psycopg.connect(db_url, autocommit=True) as db:
-            user_id = db.execute(
-                "INSERT INTO users (email, hashed_password, created_at) "
-                "VALUES ('bench@example.com', 'x', now()) RETURNING id"
-            ).fetchone()[0]  # type: ignore[index]
+            user_id = create_user(db)
 
             def unprocessed() -> int:
                 row = db.execute("SELECT count(*) FROM orders WHERE processed_at IS NULL")
@@ -171,10 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_delete_queues(env))
         broker = redis.Redis.from_url(CELERY_BROKER_URL)
         broker.delete(*priority_lists(queue), waiting_key(settings), running_key(settings))
-        with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db_name))
-            )
+        drop_database(db_name)
 
     handoff = [row[0] for row in rows if row[0] is not None]
     processed = [row[1] for row in rows]
