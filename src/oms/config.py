@@ -9,9 +9,9 @@ import limits
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from oms.secret_key import secret_key_problem
+
 DEV_SECRET_KEY = "dev-only-insecure-secret-key-change-me"  # noqa: S105 - refused outside local
-_PLACEHOLDER_MARKERS = ("change", "example", "secret", "placeholder", "dev-only", "xxxx")
-MIN_SECRET_LENGTH = 32
 MAX_ORDER_TOTAL = "99999999.99"
 
 AppEnv = Literal["local", "test", "staging", "production"]
@@ -148,16 +148,10 @@ class Settings(BaseSettings):
     def _secret_key_outside_local(self) -> Settings:
         if self.app_env == "local":
             return self
-        secret = self.secret_key.get_secret_value()
-        lowered = secret.lower()
-        if len(secret) < MIN_SECRET_LENGTH or any(m in lowered for m in _PLACEHOLDER_MARKERS):
-            raise ValueError(
-                f"SECRET_KEY must be at least {MIN_SECRET_LENGTH} random characters when "
-                f"APP_ENV is {self.app_env!r} (generate one with "
-                "`python -c 'import secrets; print(secrets.token_urlsafe(48))'`)"
-            )
-        if len(set(secret)) < 16:
-            raise ValueError("SECRET_KEY looks like a placeholder: it is not random enough")
+        # The entropy rule lives in oms.secret_key.
+        problem = secret_key_problem(self.secret_key.get_secret_value())
+        if problem is not None:
+            raise ValueError(f"{problem} (APP_ENV is {self.app_env!r})")
         return self
 
     @model_validator(mode="after")
