@@ -76,7 +76,8 @@ def secret_key_problem(key: str) -> str | None:
         needed = math.ceil(REQUIRED_BITS / math.log2(symbols))
         return (
             f"SECRET_KEY is too short: {len(body)} {name} characters carry "
-            f"{math.floor(bits)} bits, {REQUIRED_BITS} are needed ({needed} {name} characters); {GENERATE_HINT}"
+            f"{math.floor(bits)} bits, {REQUIRED_BITS} are needed ({needed} {name} characters); "
+            f"{GENERATE_HINT}"
         )
     # A random key of this length over this alphabet shows about min(log2 N, log2 len) bits per
     # character; 3/4 of that is far below what any random key shows.
