@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     # Event bus (RabbitMQ). Names are settings so parallel test runs never share a queue.
     rabbitmq_exchange: str = Field("oms.events", min_length=1, max_length=200)
     new_order_queue: str = Field("new_order", min_length=1, max_length=200)
+    # quorum: replicated over a cluster's nodes, broker-side delivery limit (the default).
+    # classic: the queues of earlier releases, until they are moved (README "Deploying").
+    rabbitmq_queue_type: Literal["quorum", "classic"] = "quorum"
+    # Redeliveries of one message (requeued, or its consumer died) before the broker
+    # dead-letters it; quorum queues only.
+    rabbitmq_delivery_limit: int = Field(10, ge=1, le=1000)
     rabbitmq_connect_timeout_seconds: float = Field(5.0, gt=0, le=60)
     rabbitmq_publish_timeout_seconds: float = Field(5.0, gt=0, le=60)
     rabbitmq_reconnect_interval_seconds: float = Field(1.0, gt=0, le=60)
