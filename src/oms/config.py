@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from typing import Annotated, Literal
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import limits
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from oms.secret_key import secret_key_problem
@@ -29,6 +30,9 @@ class Settings(BaseSettings):
     app_env: AppEnv = "local"
     secret_key: SecretStr = SecretStr(DEV_SECRET_KEY)
 
+    # A password given on its own is put into the URL percent-escaped, so it may hold any
+    # character (`@ : / % #` break a URL written by hand). It replaces a password in the URL.
+    database_url_password: SecretStr | None = None
     database_url: str = "sqlite+aiosqlite:///./oms.db"
     db_pool_size: int = Field(10, ge=1, le=200)
     # Overflow connections are closed as soon as they are returned: under steady load that is
@@ -46,6 +50,7 @@ class Settings(BaseSettings):
     # After a Redis failure, calls skip Redis this long before one call probes it again.
     redis_breaker_cooldown_seconds: float = Field(1.0, gt=0, le=300)
     celery_broker_url: str | None = None
+    rabbitmq_url_password: SecretStr | None = None
     rabbitmq_url: str | None = None
 
     cache_ttl_seconds: int = Field(300, ge=1, le=86_400)
@@ -147,8 +152,19 @@ class Settings(BaseSettings):
 
     @field_validator("database_url")
     @classmethod
-    def _async_driver(cls, value: str) -> str:
+    def _async_driver(cls, value: str, info: ValidationInfo) -> str:
+        password = info.data.get("database_url_password")
+        if password is not None and not value.startswith("sqlite"):
+            value = with_password(value, password.get_secret_value())
         return async_database_url(value)
+
+    @field_validator("rabbitmq_url")
+    @classmethod
+    def _rabbitmq_password(cls, value: str | None, info: ValidationInfo) -> str | None:
+        password = info.data.get("rabbitmq_url_password")
+        if value and password is not None:
+            return with_password(value, password.get_secret_value())
+        return value or None
 
     @model_validator(mode="after")
     def _secret_key_outside_local(self) -> Settings:
@@ -178,6 +194,16 @@ class Settings(BaseSettings):
         if self.log_format is not None:
             return self.log_format
         return "console" if self.app_env == "local" else "json"
+
+
+def with_password(url: str, password: str) -> str:
+    """`url` with `password` in its user info, percent-escaped: every driver here (SQLAlchemy,
+    aio-pika, redis-py, kombu) decodes the escapes, so any character survives the trip."""
+    parts = urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0] if at else ""
+    netloc = f"{user}:{quote(password, safe='')}@{host}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def async_database_url(url: str) -> str:
