@@ -9,18 +9,22 @@ installs podman first.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aio_pika
 import httpx
 import pytest
 
+from oms.events.rabbitmq import dead_letter_queue_name
 from tests.conftest import ITEM, TEST_SECRET, register_and_login
 from tests.support.processes import eventually, free_port
 from tests.support.redis_server import RedisServer
@@ -138,8 +142,19 @@ class Containers:
             _podman("rm", "--force", "--time=10", *self.names, timeout=120)
 
 
+async def _delete_rabbitmq_names(env: dict[str, str]) -> None:
+    connection = await aio_pika.connect(env["RABBITMQ_URL"], timeout=5)
+    async with connection:
+        queue = env["NEW_ORDER_QUEUE"]
+        for name in (queue, dead_letter_queue_name(queue)):
+            with contextlib.suppress(Exception):
+                await (await connection.channel()).queue_delete(name)
+        with contextlib.suppress(Exception):
+            await (await connection.channel()).exchange_delete(env["RABBITMQ_EXCHANGE"])
+
+
 @pytest.fixture
-def containers(tmp_path: Path) -> Iterator[Containers]:
+async def containers(tmp_path: Path) -> AsyncIterator[Containers]:
     suffix = uuid.uuid4().hex[:10]
     redis = RedisServer(tmp_path).start()
     with fresh_postgres_database("oms_image") as database_url:
@@ -161,8 +176,9 @@ def containers(tmp_path: Path) -> Iterator[Containers]:
         try:
             yield running
         finally:
-            running.remove()
+            await asyncio.to_thread(running.remove)
             redis.kill()
+            await _delete_rabbitmq_names(env)
 
 
 async def test_every_role_runs_from_the_image(image: str, containers: Containers) -> None:
