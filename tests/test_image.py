@@ -34,8 +34,15 @@ ROOT = Path(__file__).resolve().parents[1]
 IMAGE = "oms:local"
 CACHE = Path(os.environ.get("OMS_IMAGE_CACHE", "/var/cache/oms-image"))
 ROLES = ("api", "relay", "consumer", "worker")
-# Unprivileged and immutable, as in deploy/k8s; /tmp is the one writable place (emptyDir there).
-HARDENED = ("--read-only", "--cap-drop=all", "--security-opt=no-new-privileges")
+# Unprivileged and immutable, as in deploy/k8s: /tmp is the one writable place (an emptyDir
+# there; podman's own tmpfs on /run and /var/tmp is turned off so nothing else is writable).
+HARDENED = (
+    "--read-only",
+    "--read-only-tmpfs=false",
+    "--tmpfs=/tmp",
+    "--cap-drop=all",
+    "--security-opt=no-new-privileges",
+)
 
 
 def _engine_env() -> dict[str, str]:
