@@ -150,6 +150,17 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
     return check.exit_code(results)
 
 
+def _runs_oms(program: list[str]) -> bool:
+    """`oms` itself (the console script, directly or by its interpreter, or `python -m oms.cli`),
+    not an init (`tini -- oms api`) whose command line merely holds it."""
+    names = [Path(part).name for part in program]
+    if names == ["oms"]:
+        return True
+    if not names or not names[0].startswith("python"):
+        return False
+    return names[1:] in (["oms"], ["-m", "oms.cli"])
+
+
 def _api_health_url(proc: Path = Path("/proc")) -> str | None:
     """/health of the `oms api` process running next to us, on the port its `--port` gives.
 
@@ -164,8 +175,7 @@ def _api_health_url(proc: Path = Path("/proc")) -> str | None:
         if "api" not in argv:
             continue
         at = argv.index("api")
-        program = " ".join(argv[:at])
-        if not (program.endswith("oms") or program.endswith("oms.cli")):
+        if not _runs_oms(argv[:at]):
             continue
         known, _ = _parser().parse_known_args(argv[at:])
         if known.command != "api":
