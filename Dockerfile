@@ -1,12 +1,18 @@
-# syntax=docker/dockerfile:1
 # One image for every role; the command picks it: `oms api`, `oms relay`, `oms consumer`,
 # `oms worker`, `oms migrate`, `oms check`. It holds no secret and no configuration: everything
 # comes from the environment at run time (see .env.example).
 
-ARG PYTHON_IMAGE=python:3.11-slim
-ARG UV_VERSION=0.13.9
+#
+# No `# syntax=` line: it makes BuildKit fetch a frontend image from a registry. Builds with
+# podman/buildah (`make image`, from local base images, see scripts/image) and with Docker BuildKit
+# (`docker build .`, from the public images below). Both images are build arguments:
+#   PYTHON_IMAGE: any Debian-like image with Python 3.11+ (python3 on PATH) and useradd;
+#   UV_IMAGE: any image with the uv binary at /uv.
 
-FROM ghcr.io/astral-sh/uv:${UV_VERSION} AS uv
+ARG PYTHON_IMAGE=python:3.11-slim
+ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.13.9
+
+FROM ${UV_IMAGE} AS uv
 
 # ---- build: resolve exactly uv.lock into /opt/oms ---------------------------------------------
 FROM ${PYTHON_IMAGE} AS build
@@ -43,9 +49,10 @@ ENV PATH=/opt/oms/bin:$PATH \
 WORKDIR /app
 USER 10001:10001
 EXPOSE 8000
-# Liveness of the API (the default command). Other roles override it: compose probes their
+# Liveness of the API (the default command) on the port its own `--port` gives: `oms probe --api`
+# reads the running `oms api` command line. Other roles override it: compose probes their
 # METRICS_PORT instead.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["oms", "probe", "http://127.0.0.1:8000/health"]
+    CMD ["oms", "probe", "--api"]
 ENTRYPOINT ["oms"]
 CMD ["api", "--workers", "2"]

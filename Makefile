@@ -4,7 +4,7 @@ PYTHON ?= python3
 # uv from PATH, else bootstrapped from PyPI into .tools/ (needs only Python 3.11).
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
 
-.PHONY: run test lint format fuzz up stack bench chaos soak wrk
+.PHONY: run test lint format fuzz up stack bench chaos soak wrk image manifests
 
 run: .venv/.synced
 	$(UV) run oms dev
@@ -54,6 +54,18 @@ wrk:
 	    echo "wrk is needed (https://github.com/wg/wrk): no apt-get here, install it yourself" >&2; \
 	    exit 2; \
 	  fi; }
+
+# The image every role runs (oms:local), built with podman without any image registry: the
+# Debian base (debootstrap) and uv (its PyPI wheel) images are made once and cached in
+# OMS_IMAGE_CACHE (default /var/cache/oms-image); podman, runc and debootstrap are installed with
+# apt-get when missing. scripts/image says how.
+image:
+	scripts/image
+
+# The Kubernetes manifests rendered (kubectl kustomize) and every object validated offline
+# against the Kubernetes 1.32 schemas.
+manifests: .venv/.synced
+	scripts/validate-manifests
 
 # The whole service in Docker Compose (postgres, redis, rabbitmq, migrate, api, relay, consumer,
 # worker). Needs Docker with the compose plugin.

@@ -13,6 +13,7 @@ import pytest
 
 from oms import migrate
 from oms.check import State, _migration_heads, exit_code, format_table, run_checks
+from oms.events.rabbitmq import dead_letter_queue_name, queue_arguments
 from tests.conftest import make_settings
 from tests.support.processes import OMS, free_port, oms_env
 from tests.support.services import fresh_postgres_database, service_unavailable
@@ -148,13 +149,23 @@ async def queue_with_two_messages() -> AsyncIterator[str]:
         raise
     async with connection:
         channel = await connection.channel()
-        queue = await channel.declare_queue(name, auto_delete=False)
+        # Declared the way the relay declares NEW_ORDER_QUEUE (a quorum queue and its DLQ).
+        settings = make_settings("sqlite://", new_order_queue=name)
+        dlq = await channel.declare_queue(
+            dead_letter_queue_name(name),
+            durable=True,
+            arguments=queue_arguments(settings, dead_letter_queue_name(name)),
+        )
+        queue = await channel.declare_queue(
+            name, durable=True, arguments=queue_arguments(settings, name)
+        )
         for body in (b"1", b"2"):
             await channel.default_exchange.publish(aio_pika.Message(body), routing_key=name)
         try:
             yield name
         finally:
             await queue.delete(if_unused=False, if_empty=False)
+            await dlq.delete(if_unused=False, if_empty=False)
 
 
 async def test_rabbitmq_row_reports_queue_depth_and_consumers(
@@ -167,7 +178,7 @@ async def test_rabbitmq_row_reports_queue_depth_and_consumers(
     missing = await run_checks(settings, timeout_seconds=3, queue=missing_queue)
 
     assert existing[3].state == State.OK
-    assert f"queue {queue_with_two_messages}: 2 messages, 0 consumers" in existing[3].details
+    assert f"quorum queue {queue_with_two_messages}: 2 messages, 0 consumers" in existing[3].details
     assert "nothing consumes it" in existing[3].details
     assert missing[3].state == State.OK
     assert f"queue {missing_queue} does not exist yet" in missing[3].details

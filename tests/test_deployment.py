@@ -141,7 +141,7 @@ def test_the_wheel_ships_the_migrations(tmp_path: Path) -> None:
 
 
 def test_the_image_runs_as_a_non_root_user_from_the_lock_file() -> None:
-    """Checked statically: no Docker engine runs here (the wheel test covers what it installs)."""
+    """The recipe; tests/test_image.py builds it and runs every role from it."""
     dockerfile = (ROOT / "Dockerfile").read_text()
     stages = re.findall(r"^FROM (\S+)(?: AS (\w+))?", dockerfile, flags=re.M)
     instructions = re.findall(r"^([A-Z]+) (.*)$", dockerfile, flags=re.M)
@@ -151,7 +151,7 @@ def test_the_image_runs_as_a_non_root_user_from_the_lock_file() -> None:
     assert "uv sync --locked --no-dev --no-editable" in dockerfile
     assert re.search(r"^USER (?!root|0\b)\S+", runtime, flags=re.M)
     assert "HEALTHCHECK" in runtime
-    assert 'CMD ["oms", "probe", "http://127.0.0.1:8000/health"]' in runtime
+    assert 'CMD ["oms", "probe", "--api"]' in runtime  # the port the API's --port gives
     assert re.search(r'^ENTRYPOINT \["oms"\]', runtime, flags=re.M)
     assert not [args for verb, args in instructions if verb in {"ENV", "ARG"} and "SECRET" in args]
     assert "COPY --from=build /opt/oms /opt/oms" in runtime

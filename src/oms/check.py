@@ -26,6 +26,7 @@ from sqlalchemy.engine import Connection
 from oms import migrate
 from oms.config import Settings
 from oms.db import create_engine, create_sessionmaker
+from oms.events.rabbitmq import dead_letter_queue_name, find_queue_mismatch, queue_arguments
 from oms.events.relay import age_seconds
 from oms.events.sweeper import unprocessed_orders
 from oms.worker.waiting import QueueStats, WaitingTasks
@@ -37,6 +38,7 @@ class State(StrEnum):
     UNREACHABLE = "unreachable"
     NOT_MIGRATED = "not migrated"
     OUTDATED = "schema outdated"
+    MISMATCH = "queue mismatch"
     SKIPPED = "not checked"
 
     @property
@@ -88,7 +90,12 @@ async def run_checks(
         (
             "rabbitmq",
             settings.rabbitmq_url,
-            lambda: _rabbitmq(settings.rabbitmq_url or "", timeout_seconds, queue),
+            lambda: _rabbitmq(
+                settings.rabbitmq_url or "",
+                timeout_seconds,
+                queue,
+                settings.model_copy(update={"new_order_queue": queue}),
+            ),
         ),
     ]
     return list(
@@ -226,23 +233,43 @@ def _queue_stats(settings: Settings) -> QueueStats:
         marks.close()
 
 
-async def _rabbitmq(url: str, timeout_seconds: float, queue: str | None) -> str:
+async def _rabbitmq(url: str, timeout_seconds: float, queue: str, settings: Settings) -> str:
     connection = await aio_pika.connect(url, timeout=timeout_seconds)
     async with connection:
         transport = connection.transport
         properties = transport.connection.server_properties if transport else {}
         server = f"{_text(properties.get('product', 'AMQP'))} {_text(properties.get('version'))}"
-        if queue is None:
-            return f"{server}, connected"
         channel = await connection.channel()
         try:
             declared = await channel.declare_queue(queue, passive=True)
         except aiormq.exceptions.ChannelNotFoundEntity:
             return f"{server}, queue {queue} does not exist yet (the relay declares it)"
+        # Does the broker accept this release's arguments for the queues that exist? (A declare
+        # with the same arguments changes nothing; a missing queue is not declared here.)
+        for name in (queue, dead_letter_queue_name(queue)):
+            if name != queue and not await _queue_exists(connection, name):
+                continue
+            mismatch = await find_queue_mismatch(connection, name, queue_arguments(settings, name))
+            if mismatch is not None:
+                raise DependencyProblem(State.MISMATCH, f"{server}, {mismatch}")
         result = declared.declaration_result
         messages, consumers = result.message_count, result.consumer_count
         note = "" if consumers else " - nothing consumes it: is `oms consumer` running?"
-        return f"{server}, queue {queue}: {messages} messages, {consumers} consumers{note}"
+        kind = settings.rabbitmq_queue_type
+        return f"{server}, {kind} queue {queue}: {messages} messages, {consumers} consumers{note}"
+
+
+async def _queue_exists(connection: aio_pika.abc.AbstractConnection, name: str) -> bool:
+    # A passive declare of a missing queue closes its channel: a channel of its own.
+    channel = await connection.channel()
+    try:
+        await channel.declare_queue(name, passive=True)
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        return False
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+    return True
 
 
 def _text(value: object) -> str:

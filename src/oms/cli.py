@@ -14,6 +14,7 @@ import sys
 import urllib.request
 from collections.abc import Callable, Coroutine, Sequence
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -149,9 +150,53 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
     return check.exit_code(results)
 
 
+def _runs_oms(program: list[str]) -> bool:
+    """`oms` itself (the console script, directly or by its interpreter, or `python -m oms.cli`),
+    not an init (`tini -- oms api`) whose command line merely holds it."""
+    names = [Path(part).name for part in program]
+    if names == ["oms"]:
+        return True
+    if not names or not names[0].startswith("python"):
+        return False
+    return names[1:] in (["oms"], ["-m", "oms.cli"])
+
+
+def _api_health_url(proc: Path = Path("/proc")) -> str | None:
+    """/health of the `oms api` process running next to us, on the port its `--port` gives.
+
+    The image's HEALTHCHECK cannot know which `--port` the container's command chose: it reads
+    the command line of the API process instead.
+    """
+    for cmdline in sorted(proc.glob("[0-9]*/cmdline")):
+        try:
+            argv = [part.decode() for part in cmdline.read_bytes().split(b"\0") if part]
+        except (OSError, UnicodeDecodeError):
+            continue
+        if "api" not in argv:
+            continue
+        at = argv.index("api")
+        if not _runs_oms(argv[:at]):
+            continue
+        known, _ = _parser().parse_known_args(argv[at:])
+        if known.command != "api":
+            continue
+        host = "127.0.0.1" if known.host in ("0.0.0.0", "::", "") else known.host  # noqa: S104
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{known.port}/health"
+    return None
+
+
 def _probe(settings: Settings | None, args: argparse.Namespace) -> int:
     """A container health check: 0 when the URL answers 2xx within the timeout."""
-    if not args.url.startswith(("http://", "https://")):
+    if args.api:
+        if args.url is not None:
+            print("oms probe: give a URL or --api, not both", file=sys.stderr)
+            return 2
+        args.url = _api_health_url()
+        if args.url is None:
+            print("oms probe --api: no `oms api` process is running here", file=sys.stderr)
+            return 1
+    if args.url is None or not args.url.startswith(("http://", "https://")):
         print("oms probe: the URL must be http:// or https://", file=sys.stderr)
         return 2
     try:
@@ -227,7 +272,12 @@ def _parser() -> argparse.ArgumentParser:
     probe = commands.add_parser(
         "probe", help="exit 0 when an HTTP URL answers 2xx (container health checks)"
     )
-    probe.add_argument("url")
+    probe.add_argument("url", nargs="?")
+    probe.add_argument(
+        "--api",
+        action="store_true",
+        help="probe /health of the `oms api` running here, on the port its --port gives",
+    )
     probe.add_argument("--timeout", type=_positive_seconds, default=3.0)
     # Needs no settings: a health check must not depend on parsing the configuration.
     probe.set_defaults(handler=_probe, needs_settings=False)

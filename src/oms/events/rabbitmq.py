@@ -4,6 +4,13 @@ The publish channel has publisher confirms and `on_return_raises`, and every pub
 `mandatory`, so an event is only counted as sent once the broker has routed and stored it.
 Queues and channels are held by strong references: aio-pika's robust reconnect keeps them in a
 WeakSet and would silently stop consuming after a reconnect otherwise.
+
+`new_order` and its DLQ are quorum queues by default (RABBITMQ_QUEUE_TYPE): replicated over a
+cluster's nodes, with a broker-side delivery limit and at-least-once dead-lettering. A queue
+that already exists with other arguments (the classic `new_order` of earlier releases) cannot be
+re-declared: the broker closes the channel with PRECONDITION_FAILED. Each process then reports
+the mismatch and goes on with the queue as it exists, instead of failing at every restart;
+`oms check` reports it too. README "Deploying" says how to move to quorum queues.
 """
 
 from __future__ import annotations
@@ -16,8 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
+import aiormq.exceptions
 import structlog
 from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
     AbstractExchange,
     AbstractIncomingMessage,
     AbstractQueue,
@@ -36,35 +46,112 @@ def dead_letter_queue_name(queue: str) -> str:
     return f"{queue}.dlq"
 
 
+def queue_arguments(settings: Settings, queue: str) -> dict[str, Any]:
+    """The declare arguments of `queue` (NEW_ORDER_QUEUE or its DLQ) for RABBITMQ_QUEUE_TYPE."""
+    arguments: dict[str, Any] = {}
+    if settings.rabbitmq_queue_type == "quorum":
+        arguments["x-queue-type"] = "quorum"
+    if queue == settings.new_order_queue:
+        # A rejected message is routed by the broker itself to the DLQ (via the default exchange).
+        arguments["x-dead-letter-exchange"] = ""
+        arguments["x-dead-letter-routing-key"] = dead_letter_queue_name(queue)
+        if settings.rabbitmq_queue_type == "quorum":
+            # A message redelivered this often (a consumer crashing on it, a handler bug's
+            # requeue) is dead-lettered by the broker instead of coming back for ever.
+            arguments["x-delivery-limit"] = settings.rabbitmq_delivery_limit
+            # Dead-lettering confirmed by the DLQ before the message leaves the queue (classic
+            # queues drop it if the DLQ is unavailable); it needs reject-publish overflow.
+            arguments["x-dead-letter-strategy"] = "at-least-once"
+            arguments["x-overflow"] = "reject-publish"
+    return arguments
+
+
+class QueueMismatch(Exception):
+    """A queue exists with other arguments than this release declares (PRECONDITION_FAILED)."""
+
+    def __init__(self, queue: str, broker_says: str) -> None:
+        self.queue = queue
+        self.broker_says = broker_says
+        super().__init__(
+            f"queue {queue} exists with other arguments than this release declares "
+            f"({broker_says}): move it to the queue type RABBITMQ_QUEUE_TYPE names (README "
+            "'Deploying', 'Quorum queues') or set RABBITMQ_QUEUE_TYPE to the type it has"
+        )
+
+
+async def find_queue_mismatch(
+    connection: AbstractConnection, queue: str, arguments: Mapping[str, Any]
+) -> QueueMismatch | None:
+    """Declare `queue` on a channel of its own, to learn whether the broker accepts `arguments`.
+
+    AMQP gives no way to read a queue's arguments; a refused declare closes its channel, so the
+    try runs on a throwaway (non-robust) channel and never on one the process works with.
+    """
+    transport = connection.transport
+    if transport is None:
+        raise RuntimeError("not connected")
+    channel = await transport.connection.channel()
+    try:
+        await channel.queue_declare(queue, durable=True, arguments=dict(arguments))
+    except aiormq.exceptions.ChannelPreconditionFailed as error:
+        return QueueMismatch(queue, _broker_reason(error))
+    finally:
+        if not channel.is_closed:
+            with contextlib.suppress(Exception):
+                await channel.close()
+    return None
+
+
+def _broker_reason(error: BaseException) -> str:
+    # aiormq's message is the broker's reply text, e.g. "PRECONDITION_FAILED - inequivalent
+    # arg 'x-queue-type' for queue 'new_order' ...: received 'quorum' but current is none".
+    text = " ".join(str(part) for part in error.args) if error.args else str(error)
+    return text.strip() or type(error).__name__
+
+
 @dataclass(frozen=True, slots=True)
 class Topology:
     exchange: AbstractExchange
     queue: AbstractQueue
     dead_letter_queue: AbstractQueue
+    # Queues used as they exist because their arguments differ (empty when all is as declared).
+    mismatches: tuple[QueueMismatch, ...] = ()
 
 
-async def declare_topology(channel: AbstractRobustChannel, settings: Settings) -> Topology:
+async def declare_topology(
+    connection: AbstractConnection, channel: AbstractChannel, settings: Settings
+) -> Topology:
     """Declare the exchange, `new_order` and its DLQ; safe for every process to repeat."""
     exchange = await channel.declare_exchange(
         settings.rabbitmq_exchange, aio_pika.ExchangeType.DIRECT, durable=True
     )
     dlq_name = dead_letter_queue_name(settings.new_order_queue)
-    dead_letter_queue = await channel.declare_queue(dlq_name, durable=True)
-    queue = await declare_event_queue(channel, settings)
+    dead_letter_queue, dlq_mismatch = await declare_queue(connection, channel, settings, dlq_name)
+    queue, mismatch = await declare_event_queue(connection, channel, settings)
     await queue.bind(exchange, routing_key=NEW_ORDER)
-    return Topology(exchange, queue, dead_letter_queue)
+    found = tuple(m for m in (mismatch, dlq_mismatch) if m is not None)
+    return Topology(exchange, queue, dead_letter_queue, found)
 
 
-async def declare_event_queue(channel: AbstractRobustChannel, settings: Settings) -> AbstractQueue:
-    # A rejected message is routed by the broker itself to the DLQ (via the default exchange).
-    return await channel.declare_queue(
-        settings.new_order_queue,
-        durable=True,
-        arguments={
-            "x-dead-letter-exchange": "",
-            "x-dead-letter-routing-key": dead_letter_queue_name(settings.new_order_queue),
-        },
+async def declare_event_queue(
+    connection: AbstractConnection, channel: AbstractChannel, settings: Settings
+) -> tuple[AbstractQueue, QueueMismatch | None]:
+    return await declare_queue(connection, channel, settings, settings.new_order_queue)
+
+
+async def declare_queue(
+    connection: AbstractConnection, channel: AbstractChannel, settings: Settings, name: str
+) -> tuple[AbstractQueue, QueueMismatch | None]:
+    """Declare `name` with this release's arguments or, when it exists with others, use it as
+    it is (passively) and say so once: a restart would meet the same queue again."""
+    arguments = queue_arguments(settings, name)
+    mismatch = await find_queue_mismatch(connection, name, arguments)
+    if mismatch is None:
+        return await channel.declare_queue(name, durable=True, arguments=arguments), None
+    log.error(
+        "RabbitMQ queue mismatch: using the queue as it exists", queue=name, problem=str(mismatch)
     )
+    return await channel.declare_queue(name, passive=True), mismatch
 
 
 def to_message(event: OutgoingEvent) -> aio_pika.Message:
@@ -146,7 +233,7 @@ class RabbitBus:
             )
             try:
                 channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-                topology = await declare_topology(channel, self._settings)
+                topology = await declare_topology(connection, channel, self._settings)
             except BaseException:
                 await connection.close()
                 raise
@@ -155,7 +242,13 @@ class RabbitBus:
                 channel,
                 topology,
             )
-            log.info("Connected to RabbitMQ", queue=self._settings.new_order_queue)
+            log.info(
+                "Connected to RabbitMQ",
+                queue=self._settings.new_order_queue,
+                queue_type="mismatch"
+                if topology.mismatches
+                else self._settings.rabbitmq_queue_type,
+            )
             return topology
 
     async def publish_batch(self, events: Sequence[OutgoingEvent]) -> list[BaseException | None]:
@@ -211,8 +304,9 @@ class RabbitBus:
         channel = await self._connection.channel()
         # Bounded prefetch: at most this many unacked messages are handled at once.
         await channel.set_qos(prefetch_count=self._settings.consumer_prefetch)
-        # Declared on this channel too, so the robust channel re-declares and re-consumes it.
-        queue = await declare_event_queue(channel, self._settings)
+        # Declared on this channel too, so the robust channel re-declares and re-consumes it
+        # (passively, when the queue's arguments differ: connect() has reported that).
+        queue, _ = await declare_event_queue(self._connection, channel, self._settings)
         self._handler = handler
         self._consume_channel, self._consume_queue = channel, queue
         self._consumer_tag = await queue.consume(self._on_message)
