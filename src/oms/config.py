@@ -76,7 +76,8 @@ class Settings(BaseSettings):
     argon2_parallelism: int = Field(1, ge=1, le=16)
     password_hash_workers: int = Field(2, ge=1, le=64)
 
-    processing_timeout_seconds: int = Field(30, ge=1)
+    # Well above the task's own 2 s: a task running longer than this counts as lost.
+    processing_timeout_seconds: int = Field(30, ge=5, le=86_400)
     # A task waiting in the Celery queue longer than this is presumed lost by the sweeper even
     # if its waiting mark is still there (a worker that could not clear it).
     task_max_wait_seconds: int = Field(3600, ge=60, le=7 * 86_400)
