@@ -70,16 +70,20 @@ class CeleryDispatcher:
     def _send(self, order_id: uuid.UUID, request_id: str | None) -> None:
         from oms.worker.tasks import process_order
 
-        process_order.apply_async(
-            args=(str(order_id),),
-            kwargs={"request_id": request_id},
-            retry=True,
-            retry_policy=CELERY_RETRY_POLICY,
-        )
         try:
             self._waiting.add([order_id])
         except redis.RedisError as error:
-            log.warning("Task queued but not marked waiting", error=str(error))
+            log.warning("Task not marked waiting; publishing it all the same", error=str(error))
+        try:
+            process_order.apply_async(
+                args=(str(order_id),),
+                kwargs={"request_id": request_id},
+                retry=True,
+                retry_policy=CELERY_RETRY_POLICY,
+            )
+        except BaseException:
+            self._waiting.discard([order_id])
+            raise
 
     async def _in_thread(self, function: Callable[..., T], *args: object) -> T:
         loop = asyncio.get_running_loop()

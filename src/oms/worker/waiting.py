@@ -81,12 +81,19 @@ class WaitingTasks:
         self._failing = False
 
     def add(self, order_ids: Iterable[uuid.UUID]) -> None:
-        """Mark tasks the broker accepted; raises `redis.RedisError` (the task is queued all the
-        same: a missing mark costs at most one duplicate run, which the task recognises)."""
+        """Mark tasks about to be published: BEFORE the publish, since a worker may take a task
+        before the publish returns and must find the mark to clear. Raises `redis.RedisError`
+        (a task without a mark costs at most one duplicate run, which the task recognises)."""
         now = time.time()
         marks = {str(order_id): now for order_id in order_ids}
         if marks:
             self._client.zadd(self._waiting, marks)
+
+    def discard(self, order_ids: Iterable[uuid.UUID]) -> None:
+        """The publish failed: no task waits for these orders; never raises."""
+        members = [str(order_id) for order_id in order_ids]
+        if members:
+            self._quietly(lambda pipe: pipe.zrem(self._waiting, *members))
 
     def taken(self, order_id: uuid.UUID) -> None:
         """A worker starts the task; never raises (a stale mark expires)."""
