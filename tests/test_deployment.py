@@ -92,7 +92,10 @@ def test_every_role_runs_a_tested_command_after_migrating(compose: dict[str, Any
         assert services[backend]["healthcheck"]["test"]
     assert services["api"]["healthcheck"]["test"][-1].endswith("/health/ready")
     assert "management" in services["rabbitmq"]["image"]
-    assert set(compose["volumes"]) == {"postgres-data", "redis-data", "rabbitmq-data"}
+    # prometheus-data belongs to the `observability` profile (tests/test_observability_deploy.py).
+    assert set(compose["volumes"]) == {
+        "postgres-data", "redis-data", "rabbitmq-data", "prometheus-data",
+    }  # fmt: skip
 
 
 def test_cache_and_celery_broker_use_separate_redis_databases(compose: dict[str, Any]) -> None:

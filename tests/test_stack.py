@@ -118,6 +118,17 @@ async def test_an_order_flows_through_the_stack(database_name: str, tmp_path: Pa
 
             await eventually(processed, within=30, message=stack.output)
 
+        # `oms smoke`, what an operator runs against any deployment, passes against this one.
+        smoke = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "oms.cli", "smoke", f"http://127.0.0.1:{api_port}",
+            "--timeout", "10", "--wait", "30",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        table = (await asyncio.wait_for(smoke.communicate(), 120))[0].decode()
+        assert smoke.returncode == 0, f"{table}\n{stack.output()}"
+        assert table.splitlines()[-1] == "smoke: 10 of 10 steps passed", table
+
         message = f"Order {order_id} processed"
         assert sum(r.get("event") == message for r in stack.records("worker")) == 1
         for role in ("api", "consumer", "worker"):

@@ -208,6 +208,21 @@ def _probe(settings: Settings | None, args: argparse.Namespace) -> int:
     return 0 if 200 <= status < 300 else 1
 
 
+def _smoke(settings: Settings | None, args: argparse.Namespace) -> int:
+    from oms import smoke
+
+    if not args.base_url.startswith(("http://", "https://")):
+        print("oms smoke: BASE_URL must be http:// or https://", file=sys.stderr)
+        return 2
+    results = asyncio.run(
+        smoke.run_smoke(
+            args.base_url, timeout_seconds=args.timeout, processing_timeout_seconds=args.wait
+        )
+    )
+    sys.stdout.write(smoke.format_table(results))
+    return smoke.exit_code(results)
+
+
 def _positive_seconds(value: str) -> float:
     seconds = float(value)
     if not 0 < seconds <= 60:
@@ -281,6 +296,19 @@ def _parser() -> argparse.ArgumentParser:
     probe.add_argument("--timeout", type=_positive_seconds, default=3.0)
     # Needs no settings: a health check must not depend on parsing the configuration.
     probe.set_defaults(handler=_probe, needs_settings=False)
+
+    smk = commands.add_parser(
+        "smoke", help="check a running deployment end to end over HTTP (exit 1 if a step fails)"
+    )
+    smk.add_argument("base_url", metavar="BASE_URL", help="e.g. http://127.0.0.1:8000")
+    smk.add_argument(
+        "--timeout", type=_positive_seconds, default=10.0, help="seconds per request (10)"
+    )
+    smk.add_argument(
+        "--wait", type=float, default=60.0, help="seconds to wait for processed_at (60)"
+    )
+    # It talks to the deployment only, never to its stores: no settings needed.
+    smk.set_defaults(handler=_smoke, needs_settings=False)
     return parser
 
 

@@ -20,6 +20,7 @@ from oms.db import (
     create_sessionmaker,
     create_statement_engine,
 )
+from oms.docs import add_docs
 from oms.errors import register_error_handlers
 from oms.health import DependencyCheck, broker_check, database_check
 from oms.health import router as health_router
@@ -103,6 +104,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
         redirect_slashes=False,
+        docs_url=None,  # served by add_docs from local assets instead of a CDN
+        redoc_url=None,
     )
     register_error_handlers(app)
     # Added innermost first: RequestId, then CORS, see every response.
@@ -116,6 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics_router)
     app.include_router(auth_router, dependencies=[Depends(limit_auth_per_ip)])
     app.include_router(orders_router)  # rate limited by its authentication (CurrentUser)
+    add_docs(app)  # not rate limited either
     return app
 
 
