@@ -3,11 +3,14 @@ from __future__ import annotations
 import secrets
 import subprocess
 import sys
+from pathlib import Path
 
+import httpx
 import pytest
 from pydantic import ValidationError
 
-from oms.config import DEV_SECRET_KEY, Settings
+from oms.config import DEV_SECRET_KEY, Settings, is_loopback
+from tests.support.processes import OmsProcess, eventually, free_port, oms_env
 
 
 def settings(**values: object) -> Settings:
@@ -73,3 +76,50 @@ def test_production_with_the_dev_secret_refuses_to_start() -> None:
     assert result.returncode == 2
     assert "SECRET_KEY" in result.stderr
     assert DEV_SECRET_KEY not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("api", "--port", "1"), ("dev", "--host", "0.0.0.0", "--port", "1")],  # noqa: S104
+    ids=["api", "dev-on-all-interfaces"],
+)
+def test_serving_others_refuses_the_development_key_whatever_app_env_says(
+    command: tuple[str, ...],
+) -> None:
+    """APP_ENV=local (a copied .env.example, a container's env file) does not make a served API
+    safe to sign tokens with the key everyone can read in the source."""
+    for extra in ({}, {"SECRET_KEY": "too-short"}):
+        result = _oms(*command, APP_ENV="local", **extra)
+        assert result.returncode == 2, result.stderr
+        assert "Invalid configuration: SECRET_KEY" in result.stderr
+        assert "openssl rand -hex 32" in result.stderr
+        assert DEV_SECRET_KEY not in result.stderr
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost", "127.0.0.2"])
+def test_only_loopback_addresses_are_private(host: str) -> None:
+    assert is_loopback(host)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.10", "example.com"])  # noqa: S104
+def test_other_addresses_are_public(host: str) -> None:
+    assert not is_loopback(host)
+
+
+async def test_oms_dev_on_loopback_still_needs_no_configuration(tmp_path: Path) -> None:
+    port = free_port()
+    env = oms_env(database_url=f"sqlite:///{tmp_path / 'dev.db'}")
+    dev = OmsProcess("dev", env, tmp_path, "--host", "127.0.0.1", "--port", str(port)).start()
+
+    async def healthy() -> bool:
+        try:
+            async with httpx.AsyncClient(timeout=1) as client:
+                response = await client.get(f"http://127.0.0.1:{port}/health")
+        except httpx.TransportError:
+            return False
+        return response.status_code == 200
+
+    try:
+        await eventually(healthy, within=30, message=dev.output)
+    finally:
+        dev.stop()

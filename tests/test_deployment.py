@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -158,3 +159,85 @@ def test_the_image_runs_as_a_non_root_user_from_the_lock_file() -> None:
     assert re.search(r'^ENTRYPOINT \["oms"\]', runtime, flags=re.M)
     assert not [args for verb, args in instructions if verb in {"ENV", "ARG"} and "SECRET" in args]
     assert "COPY --from=build /opt/oms /opt/oms" in runtime
+
+
+def _compose_roles_with(env_file: Path) -> dict[str, dict[str, str]]:
+    """Each OMS role's environment as Compose would give it, with `env_file` as the project's
+    `.env` (both for `${...}` in the compose file and for `env_file:`), nothing from the shell."""
+    binary = _tool("docker-compose")
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("POSTGRES_", "RABBITMQ_", "COMPOSE_", "APP_ENV", "SECRET_KEY"))
+    }
+    result = subprocess.run(
+        [binary, "--env-file", str(env_file), "-f", "docker-compose.yml", "config"],
+        cwd=ROOT,
+        env={**env, "OMS_ENV_FILE": str(env_file)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    return {
+        role: {name: str(value) for name, value in services[role]["environment"].items()}
+        for role in OMS_ROLES
+    }
+
+
+def _settings_in(environment: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    for name in list(os.environ):
+        if name.lower() in Settings.model_fields:
+            monkeypatch.delenv(name)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    return Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+def test_a_copied_env_example_never_runs_a_role_on_the_development_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The usual set-up: `cp .env.example .env`, fill in the two passwords the compose file asks
+    for, `docker compose up`. Even a `.env` saying APP_ENV=local (an older example did) leaves
+    every role a deployment, which refuses to start without a SECRET_KEY of its own."""
+    env_file = tmp_path / ".env"
+    example = (ROOT / ".env.example").read_text()
+    env_file.write_text(
+        example + "\nAPP_ENV=local\nPOSTGRES_PASSWORD=pg-pass\nRABBITMQ_PASSWORD=mq-pass\n"
+    )
+    roles = _compose_roles_with(env_file)
+
+    assert {role: environment["APP_ENV"] for role, environment in roles.items()} == dict.fromkeys(
+        OMS_ROLES, "production"
+    )
+    for environment in roles.values():
+        assert "SECRET_KEY" not in environment
+        with pytest.raises(ValidationError) as refused:
+            _settings_in(environment, monkeypatch)
+        message = str(refused.value)
+        assert "SECRET_KEY is not set" in message
+        assert "openssl rand -hex 32" in message
+
+
+def test_the_env_make_up_generates_runs_every_role_on_its_own_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    subprocess.run(
+        ["make", "--silent", "-C", str(tmp_path), "-f", str(ROOT / "Makefile"), ".env",
+         f"PYTHON={sys.executable}"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )  # fmt: skip
+    env_file = tmp_path / ".env"
+    assert "APP_ENV" not in env_file.read_text()
+    roles = _compose_roles_with(env_file)
+
+    secrets = {environment["SECRET_KEY"] for environment in roles.values()}
+    assert len(secrets) == 1
+    for environment in roles.values():
+        assert environment["APP_ENV"] == "production"
+        configured = _settings_in(environment, monkeypatch)
+        assert configured.app_env == "production"
+        assert configured.deployment_key_problem() is None

@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from oms.config import Settings, get_settings
+from oms.config import Settings, get_settings, is_loopback
 from oms.logging import configure_logging
 
 CHECK_TIMEOUT_SECONDS = 3.0
@@ -312,6 +312,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _serves_tokens_to_others(args: argparse.Namespace) -> bool:
+    """A command that signs and verifies tokens where others can reach it is a deployment,
+    whatever APP_ENV says (a container's `.env` may well say `local`): it needs a real
+    SECRET_KEY. Only `oms dev` on a loopback address may use the public development key."""
+    command: str = args.command
+    return command == "api" or (command == "dev" and not is_loopback(args.host))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if not getattr(args, "needs_settings", True):
@@ -320,8 +328,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = get_settings()
     except ValidationError as exc:
         for error in exc.errors():
-            variable = ".".join(str(part) for part in error["loc"]).upper() or "configuration"
-            print(f"Invalid configuration: {variable}: {error['msg']}", file=sys.stderr)
+            # A rule across settings has no location; its message names the variables.
+            variable = ".".join(str(part) for part in error["loc"]).upper()
+            message = error["msg"].removeprefix("Value error, ")
+            prefix = f"{variable}: " if variable else ""
+            print(f"Invalid configuration: {prefix}{message}", file=sys.stderr)
+        return 2
+    if _serves_tokens_to_others(args) and (problem := settings.deployment_key_problem()):
+        print(f"Invalid configuration: {problem}", file=sys.stderr)
         return 2
     configure_logging(settings)
     handler: Callable[[Settings, argparse.Namespace], int] = args.handler

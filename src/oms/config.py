@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from typing import Annotated, Literal
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -10,7 +11,7 @@ import limits
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from oms.secret_key import secret_key_problem
+from oms.secret_key import GENERATE_HINT, secret_key_problem
 
 DEV_SECRET_KEY = "dev-only-insecure-secret-key-change-me"  # noqa: S105 - refused outside local
 MAX_ORDER_TOTAL = "99999999.99"
@@ -169,13 +170,25 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _secret_key_outside_local(self) -> Settings:
-        if self.app_env == "local":
-            return self
-        # The entropy rule lives in oms.secret_key.
-        problem = secret_key_problem(self.secret_key.get_secret_value())
-        if problem is not None:
+        if self.app_env != "local" and (problem := self.deployment_key_problem()):
             raise ValueError(f"{problem} (APP_ENV is {self.app_env!r})")
         return self
+
+    def deployment_key_problem(self) -> str | None:
+        """Why SECRET_KEY cannot sign the tokens of a deployment, or None.
+
+        Required whenever APP_ENV is not `local`, and by every command that serves the API
+        except `oms dev` on a loopback address, whatever APP_ENV says (`oms.cli`,
+        `oms.main.create_app_from_env`): the development key is in the source, so anyone could
+        forge a token signed with it. The entropy rule lives in oms.secret_key.
+        """
+        secret = self.secret_key.get_secret_value()
+        if secret == DEV_SECRET_KEY:
+            return (
+                "SECRET_KEY is not set, and the public development key is only for `oms dev` "
+                f"on a loopback address: {GENERATE_HINT}, and set SECRET_KEY in the environment"
+            )
+        return secret_key_problem(secret)
 
     @model_validator(mode="after")
     def _no_wildcard_origin_with_credentials(self) -> Settings:
@@ -205,6 +218,16 @@ def with_password(url: str, password: str) -> str:
     user = userinfo.split(":", 1)[0] if at else ""
     netloc = f"{user}:{quote(password, safe='')}@{host}"
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def is_loopback(host: str) -> bool:
+    """True for a host only this machine can reach (`localhost`, 127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def async_database_url(url: str) -> str:
