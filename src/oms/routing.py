@@ -13,5 +13,6 @@ class SlashOptionalRouter(APIRouter):
     def add_api_route(self, path: str, endpoint: Any, **kwargs: Any) -> None:
         super().add_api_route(path, endpoint, **kwargs)
         twin = path.rstrip("/")
-        if twin and twin != path:
+        # `/orders/` is the prefix and "/": its twin is the prefix with an empty path.
+        if (twin or self.prefix) and twin != path:
             super().add_api_route(twin, endpoint, **{**kwargs, "include_in_schema": False})

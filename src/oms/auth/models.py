@@ -7,6 +7,9 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from oms.db import Base, UTCDateTime, utcnow
 
+# users.id is a PostgreSQL `integer` (int4): no id outside 1..MAX_USER_ID can exist.
+MAX_USER_ID = 2**31 - 1
+
 
 class User(Base):
     __tablename__ = "users"

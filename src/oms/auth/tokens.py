@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import timedelta
 
 import jwt
 
+from oms.auth.models import MAX_USER_ID
 from oms.config import Settings
 from oms.db import utcnow
 from oms.exceptions import AuthenticationError
 
 INVALID_TOKEN = "Invalid or expired token"  # noqa: S105 - a message
+# `sub` as create_access_token writes it: digits, no sign, no leading zero (int() would also take
+# " 7", "+7" or "0_7").
+_SUBJECT = re.compile(r"[1-9][0-9]{0,9}")
 
 
 def create_access_token(user_id: int, settings: Settings) -> tuple[str, int]:
@@ -67,6 +72,18 @@ def _verify(token: str, settings: Settings) -> tuple[int, float]:
             issuer=settings.jwt_issuer,
             options={"require": ["exp", "iat", "sub", "iss", "aud"]},
         )
-        return int(claims["sub"]), float(claims["exp"])
+        return _user_id(claims["sub"]), float(claims["exp"])
     except (jwt.PyJWTError, ValueError, TypeError) as exc:
         raise AuthenticationError(INVALID_TOKEN) from exc
+
+
+def _user_id(subject: object) -> int:
+    """The user id a subject names, if it can be one: a correctly signed token with a subject
+    outside the column's range (0, negative, 2147483648, 23 digits) is as invalid as a forged
+    one, and must not reach a query (asyncpg refuses to encode it)."""
+    if not isinstance(subject, str) or not _SUBJECT.fullmatch(subject):
+        raise ValueError("subject is not a user id")
+    user_id = int(subject)
+    if user_id > MAX_USER_ID:
+        raise ValueError("subject is outside the range of user ids")
+    return user_id
