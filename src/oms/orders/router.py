@@ -33,12 +33,36 @@ IdempotencyKeyHeader = Annotated[
 ]
 
 
+# OpenAPI links: where a new order's id and owner lead (clients and stateful fuzzers follow them).
+_ORDER_LINKS = {
+    "GetOrder": {
+        "operationId": "get_order",
+        "parameters": {"order_id": "$response.body#/id"},
+        "description": "Read the order",
+    },
+    "UpdateOrderStatus": {
+        "operationId": "update_order_status",
+        "parameters": {"order_id": "$response.body#/id"},
+        "description": "Change its status",
+    },
+    "ListUserOrders": {
+        "operationId": "list_user_orders",
+        "parameters": {"user_id": "$response.body#/user_id"},
+        "description": "List its owner's orders",
+    },
+}
+
+
 @router.post(
     "/",
     status_code=status.HTTP_201_CREATED,
     response_model=OrderOut,
-    responses=error_responses(400, 401, 409, 413, 422, 429, 503),
+    responses={
+        201: {"description": "The order", "links": _ORDER_LINKS},
+        **error_responses(400, 401, 409, 413, 422, 429, 503),
+    },
     summary="Create an order",
+    operation_id="create_order",
 )
 async def create_order(
     body: OrderCreate,
@@ -56,8 +80,12 @@ async def create_order(
 @router.get(
     "/{order_id}/",
     response_model=OrderOut,
-    responses=error_responses(401, 403, 404, 422, 429, 503),
+    responses={
+        200: {"description": "The order", "links": _ORDER_LINKS},
+        **error_responses(401, 403, 404, 422, 429, 503),
+    },
     summary="Read an order",
+    operation_id="get_order",
 )
 async def get_order(
     order_id: uuid.UUID, user: CurrentUser, connection: DbConnection, cache: Cache
@@ -70,8 +98,12 @@ async def get_order(
 @router.patch(
     "/{order_id}/",
     response_model=OrderOut,
-    responses=error_responses(400, 401, 403, 404, 409, 413, 422, 429, 503),
+    responses={
+        200: {"description": "The order", "links": _ORDER_LINKS},
+        **error_responses(400, 401, 403, 404, 409, 413, 422, 429, 503),
+    },
     summary="Change an order's status",
+    operation_id="update_order_status",
 )
 async def update_order_status(
     order_id: uuid.UUID,
@@ -89,6 +121,7 @@ async def update_order_status(
     response_model=list[OrderOut],
     responses=error_responses(401, 403, 422, 429, 503),
     summary="List a user's orders, newest first",
+    operation_id="list_user_orders",
 )
 async def list_user_orders(
     user_id: int,

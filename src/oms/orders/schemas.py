@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -11,49 +10,74 @@ from typing import Annotated, Any, Self
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
     TypeAdapter,
-    field_validator,
+    WithJsonSchema,
     model_validator,
 )
 from typing_extensions import TypedDict
 
 from oms.orders.models import Order, OrderStatus
-from oms.validation import NO_NUL
+from oms.validation import (
+    MAX_SAFE_NUMBER,
+    TRIMMED,
+    VISIBLE_TEXT,
+    Amount,
+    PositiveAmount,
+    number_as_string,
+    text_constraints,
+    whole_number,
+)
 
 MAX_TOTAL = Decimal("99999999.99")  # NUMERIC(10,2)
 MAX_ITEMS = 100
 
 # Money is exact in Python and a JSON number (at most 2 decimals) on the wire.
-Money = Annotated[
-    Decimal,
-    Field(max_digits=10, decimal_places=2),
-    PlainSerializer(float, return_type=float, when_used="json"),
+_MONEY_DIGITS = Field(max_digits=10, decimal_places=2)
+_AS_NUMBER = PlainSerializer(float, return_type=float, when_used="json")
+Money = Annotated[Decimal, _MONEY_DIGITS, _AS_NUMBER]
+
+ProductId = Annotated[
+    str,
+    text_constraints(64),
+    TRIMMED,
+    BeforeValidator(number_as_string),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "minLength": 1, "maxLength": 64, "pattern": VISIBLE_TEXT},
+                {"type": "number", "minimum": -MAX_SAFE_NUMBER, "maximum": MAX_SAFE_NUMBER},
+            ],
+            "description": "A string, or a JSON number, stored as its text",
+            "examples": ["SKU-1"],
+        },
+        mode="validation",
+    ),
 ]
 
 
 class OrderItem(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
-
-    product_id: str | None = Field(
-        default=None, min_length=1, max_length=64, pattern=NO_NUL, examples=["SKU-1"]
+    model_config = ConfigDict(
+        extra="forbid",
+        # "An item needs a product_id or a name", in the schema too.
+        json_schema_extra={
+            "anyOf": [
+                {
+                    "required": ["product_id"],
+                    "properties": {"product_id": {"not": {"type": "null"}}},
+                },
+                {"required": ["name"], "properties": {"name": {"not": {"type": "null"}}}},
+            ]
+        },
     )
-    name: str | None = Field(
-        default=None, min_length=1, max_length=200, pattern=NO_NUL, examples=["Widget"]
-    )
-    quantity: int = Field(strict=True, ge=1, le=10_000, examples=[2])
-    price: Annotated[Money, Field(gt=0, examples=[9.99])]
 
-    @field_validator("product_id", mode="before")
-    @classmethod
-    def _number_as_string(cls, value: object) -> object:
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError("product_id must be a string or a finite number")
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return str(value)
-        return value
+    product_id: ProductId | None = None
+    name: Annotated[str, text_constraints(200, examples=["Widget"]), TRIMMED] | None = None
+    quantity: Annotated[int, BeforeValidator(whole_number), Field(ge=1, le=10_000, examples=[2])]
+    price: Annotated[PositiveAmount, _MONEY_DIGITS, _AS_NUMBER, Field(examples=[9.99])]
 
     @model_validator(mode="after")
     def _identified(self) -> Self:
@@ -70,7 +94,7 @@ class OrderCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     items: list[OrderItem] = Field(min_length=1, max_length=MAX_ITEMS)
-    total_price: Annotated[Money, Field(ge=0)] | None = Field(
+    total_price: Annotated[Amount, _MONEY_DIGITS, _AS_NUMBER] | None = Field(
         default=None, description="Optional; must equal the sum of quantity x price if given."
     )
 
