@@ -26,6 +26,7 @@ MAX_TOTAL = Decimal("99999999.99")
 # Only bodies whose parts are each valid are adjusted; the rest is sent as generated (coverage
 # cases can mix valid and invalid parts).
 _AMOUNT = re.compile(AMOUNT_PATTERN)
+_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
 
 def _amount(value: object) -> Decimal | None:
@@ -55,8 +56,6 @@ def before_call(context: Any, case: schemathesis.Case, kwargs: dict[str, Any]) -
     meta = case.meta
     if meta is None or meta.generation.mode != GenerationMode.POSITIVE:
         return
-    if case.headers and "Idempotency-Key" in case.headers:
-        case.headers["Idempotency-Key"] = uuid.uuid4().hex
     body = case.body
     if not isinstance(body, dict) or not isinstance(body.get("items"), list):
         return
@@ -64,6 +63,9 @@ def before_call(context: Any, case: schemathesis.Case, kwargs: dict[str, Any]) -
     subtotals = [_subtotal(item) for item in items]
     if None in subtotals:
         return
+    key = (case.headers or {}).get("Idempotency-Key")
+    if isinstance(key, str) and _KEY.fullmatch(key):
+        case.headers["Idempotency-Key"] = uuid.uuid4().hex
     total = sum((subtotal for subtotal in subtotals if subtotal is not None), Decimal("0.00"))
     if total > MAX_TOTAL:
         for item in items:

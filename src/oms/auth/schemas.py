@@ -19,10 +19,12 @@ def _case_insensitive(word: str) -> str:
 
 
 # The domain has a period (or is `test`) and is not under one of the unusable names.
+# No display name or quoted part (none of RFC 5322's specials or spaces on either side).
+_ADDRESS_CHAR = r"[^@ \t\r\n\"<>()\[\],;:\\]"
 _EMAIL_PATTERN = (
-    r"^[^@]+@(?!(?:[^@]*\.)?(?:"
+    rf"^{_ADDRESS_CHAR}+@(?!(?:{_ADDRESS_CHAR}*\.)?(?:"
     + "|".join(_case_insensitive(domain) for domain in _UNUSABLE_DOMAINS)
-    + r")$)(?:[^@]*\.[^@]*|"
+    + rf")$)(?:{_ADDRESS_CHAR}*\.{_ADDRESS_CHAR}*|"
     + _case_insensitive("test")
     + ")$"
 )

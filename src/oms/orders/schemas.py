@@ -76,7 +76,7 @@ class OrderItem(BaseModel):
 
     product_id: ProductId | None = None
     name: Annotated[str, text_constraints(200, examples=["Widget"]), TRIMMED] | None = None
-    quantity: Annotated[int, BeforeValidator(whole_number), Field(ge=1, le=10_000, examples=[2])]
+    quantity: Annotated[int, Field(ge=1, le=10_000, examples=[2]), BeforeValidator(whole_number)]
     price: Annotated[PositiveAmount, _MONEY_DIGITS, _AS_NUMBER, Field(examples=[9.99])]
 
     @model_validator(mode="after")
