@@ -100,7 +100,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     headers = dict(exc.headers or {})
     if exc.status_code == 405:
         headers["Allow"] = _allowed_methods(request)
-    return error_response(exc.status_code, str(exc.detail), headers or None)
+    return ErrorResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
 
 
 def _allowed_methods(request: Request) -> str:
