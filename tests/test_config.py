@@ -96,6 +96,20 @@ def test_serving_others_refuses_the_development_key_whatever_app_env_says(
         assert DEV_SECRET_KEY not in result.stderr
 
 
+def test_the_deployment_app_factory_refuses_the_development_key() -> None:
+    """Any ASGI server pointed at `oms.main:create_app_from_env` (not only `oms api`)."""
+    result = subprocess.run(
+        [sys.executable, "-c", "from oms.main import create_app_from_env; create_app_from_env()"],
+        env={"PATH": "/usr/bin:/bin", "APP_ENV": "local"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "Invalid configuration: SECRET_KEY is not set" in result.stderr
+
+
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost", "127.0.0.2"])
 def test_only_loopback_addresses_are_private(host: str) -> None:
     assert is_loopback(host)
