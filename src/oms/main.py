@@ -129,7 +129,7 @@ def create_app_from_env() -> FastAPI:
     This is how a deployment serves the API (`oms api`, or any ASGI server pointed at it), so
     it refuses the public development key whatever APP_ENV says, as `oms api` does."""
     settings = get_settings()
-    if problem := settings.secret_key_problem():
+    if problem := settings.deployment_key_problem():
         raise SystemExit(f"Invalid configuration: {problem}")
     configure_logging(settings)
     return create_app(settings)
