@@ -185,8 +185,9 @@ class Settings(BaseSettings):
         secret = self.secret_key.get_secret_value()
         if secret == DEV_SECRET_KEY:
             return (
-                "SECRET_KEY is not set, and the public development key is only for `oms dev` "
-                f"on a loopback address: {GENERATE_HINT}, and set SECRET_KEY in the environment"
+                "SECRET_KEY is not set: the built-in development key is a public placeholder, "
+                f"only for `oms dev` on a loopback address; {GENERATE_HINT} and set SECRET_KEY "
+                "in the environment"
             )
         return secret_key_problem(secret)
 
