@@ -137,3 +137,28 @@ async def test_a_duplicate_event_is_dropped_and_a_malformed_one_dead_lettered(
 
     pipeline.assert_processed_exactly_once([order_id])
     assert len(consumer.events(HANDED_OFF)) == 1
+
+
+async def test_worker_heals_after_its_redis_stops_while_it_holds_tasks(
+    pipeline: Pipeline, redis_server: RedisServer
+) -> None:
+    # 8 slots for 40 orders: some tasks sleep in the worker, the rest wait in the queue when
+    # Redis goes away. Their acks then fail, and Celery/kombu alone never take a task again.
+    worker = pipeline.start("worker", WORKER_CONCURRENCY="8")
+    consumer = pipeline.start("consumer")
+    pipeline.start("relay")
+    await eventually(lambda: consumer.events("Consumer started"), 30, pipeline.logs)
+    order_ids = await pipeline.create_orders(40)
+    await eventually(lambda: len(worker.events("Processing order")) >= 8, 30, pipeline.logs)
+
+    redis_server.shutdown()  # SHUTDOWN NOSAVE while 8 tasks are in their sleep
+    await asyncio.sleep(2)
+    redis_server.start()
+
+    await pipeline.wait_processed(order_ids, 60)
+    pipeline.assert_processed_exactly_once(order_ids)
+    # No manual step: the same `oms worker` is still up, and stops cleanly.
+    assert worker.running
+    assert worker.stop() == 0
+    # Errors are single JSON lines, never raw tracebacks.
+    assert [line for line in worker.lines if not line.startswith("{")] == [], pipeline.logs()

@@ -5,8 +5,12 @@ RabbitMQ is only the event bus; Celery never touches it (SPEC 1).
 
 from __future__ import annotations
 
+import sys
+import threading
+from types import TracebackType
 from typing import Any
 
+import structlog
 from celery import Celery, signals
 
 from oms.config import Settings
@@ -20,6 +24,41 @@ _configured: Settings | None = None
 @signals.setup_logging.connect
 def _keep_structlog(**_kwargs: Any) -> None:
     """A receiver here stops Celery from replacing the structlog handlers `oms` installed."""
+
+
+def log_like_oms() -> None:
+    """Everything the worker process says becomes one JSON line through structlog.
+
+    Celery's logging already goes through `oms.logging`'s handler (exceptions in a field), but a
+    few messages bypass logging: the shutdown notices are written straight to the terminal by
+    `celery.apps.worker.safe_say`, and an exception escaping a thread or the main module is
+    printed as a raw multi-line traceback by the interpreter's hooks.
+    """
+    import celery.apps.worker
+
+    celery_log = structlog.get_logger("celery.apps.worker")
+    hook_log = structlog.get_logger("oms.worker")
+
+    def say(message: str, *_args: Any, **_kwargs: Any) -> None:
+        celery_log.info(str(message).strip())
+
+    def uncaught(
+        kind: type[BaseException], error: BaseException, traceback: TracebackType | None
+    ) -> None:
+        hook_log.error("Uncaught exception", exc_info=(kind, error, traceback))
+
+    def uncaught_in_thread(hook: threading.ExceptHookArgs) -> None:
+        if hook.exc_value is None:
+            return
+        hook_log.error(
+            "Uncaught exception in a thread",
+            thread=hook.thread.name if hook.thread else None,
+            exc_info=(hook.exc_type, hook.exc_value, hook.exc_traceback),
+        )
+
+    celery.apps.worker.safe_say = say  # type: ignore[attr-defined]
+    sys.excepthook = uncaught
+    threading.excepthook = uncaught_in_thread
 
 
 def configure_celery(settings: Settings) -> Celery:
