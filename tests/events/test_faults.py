@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+from pathlib import Path
 
 import aio_pika
 
 from tests.events.conftest import PROCESSED, RABBITMQ_URL, Pipeline
-from tests.support.processes import eventually
+from tests.support.processes import OmsProcess, eventually
 from tests.support.redis_server import RedisServer
 from tests.support.tcp_proxy import TcpProxy
 
@@ -162,3 +165,45 @@ async def test_worker_heals_after_its_redis_stops_while_it_holds_tasks(
     assert worker.stop() == 0
     # Errors are single JSON lines, never raw tracebacks.
     assert [line for line in worker.lines if not line.startswith("{")] == [], pipeline.logs()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")  # a zombie has exited
+
+
+async def test_the_worker_restarts_its_celery_process_and_leaves_no_orphan(
+    pipeline: Pipeline,
+) -> None:
+    worker = pipeline.start("worker", WORKER_CONCURRENCY="4")
+    pipeline.start("consumer")
+    pipeline.start("relay")
+    [first] = await eventually(lambda: worker.events("Celery worker started"), 30, pipeline.logs)
+    await eventually(lambda: _ready(worker), 30, pipeline.logs)
+
+    os.kill(first["pid"], signal.SIGKILL)  # the Celery process dies; `oms worker` goes on
+    await eventually(lambda: len(worker.events("Celery worker started")) == 2, 30, pipeline.logs)
+    order_ids = await pipeline.create_orders(5)
+    await pipeline.wait_processed(order_ids, 60)
+    pipeline.assert_processed_exactly_once(order_ids)
+
+    second = worker.events("Celery worker started")[-1]["pid"]
+    assert worker.stop() == 0  # SIGTERM: warm shutdown of the Celery process, then exit 0
+    assert not _alive(second)
+
+    # Killed outright, the parent takes its Celery process with it.
+    again = pipeline.start("worker", WORKER_CONCURRENCY="4")
+    [started] = await eventually(lambda: again.events("Celery worker started"), 30, pipeline.logs)
+    again.kill()
+    await eventually(lambda: not _alive(started["pid"]), 10, pipeline.logs)
+
+
+def _ready(worker: OmsProcess) -> bool:
+    """Celery's `<hostname> ready.` line: the worker consumes."""
+    return any(
+        record.get("logger") == "celery.apps.worker" and str(record["event"]).endswith(" ready.")
+        for record in worker.records()
+    )

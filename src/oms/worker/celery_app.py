@@ -104,6 +104,10 @@ def configure_celery(settings: Settings) -> Celery:
         worker_send_task_events=False,
         # No pidbox fan-out on Redis: nothing to re-subscribe after a Redis restart.
         worker_enable_remote_control=False,
+        # Tasks running when the broker connection drops finish (the effect is idempotent and
+        # exactly once in the database); said explicitly, this also silences Celery's
+        # multi-line CPendingDeprecationWarning at every reconnection.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         enable_utc=True,
     )
     return app
