@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=None, help="default: the setting's")
     parser.add_argument("--pool", default=None, help="default: the setting's")
+    parser.add_argument("--log-level", default=None, help="default: the setting's (INFO)")
     parser.add_argument("--timeout", type=float, default=55.0, help="give up after this long")
     args = parser.parse_args()
 
@@ -84,7 +85,6 @@ def main() -> None:
         "APP_ENV": "test",
         "SECRET_KEY": secrets.token_urlsafe(48),
         "LOG_FORMAT": "json",
-        "LOG_LEVEL": "WARNING",
         "DATABASE_URL": db_url,
         "CELERY_BROKER_URL": f"redis://127.0.0.1:{port}/1",
         "REDIS_URL": f"redis://127.0.0.1:{port}/0",
@@ -93,6 +93,8 @@ def main() -> None:
     }
     if args.concurrency:
         env["WORKER_CONCURRENCY"] = str(args.concurrency)
+    if args.log_level:
+        env["LOG_LEVEL"] = args.log_level
     if args.pool:
         env["WORKER_POOL"] = args.pool
     worker: subprocess.Popen[bytes] | None = None

@@ -5,6 +5,7 @@ RabbitMQ is only the event bus; Celery never touches it (SPEC 1).
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 from types import TracebackType
@@ -56,6 +57,10 @@ def log_like_oms() -> None:
             exc_info=(hook.exc_type, hook.exc_value, hook.exc_traceback),
         )
 
+    # Celery's own per-task lines (received, succeeded) repeat the task's lines, and the
+    # "received" one is rendered in the single consumer loop that bounds the worker's rate.
+    for per_task in ("celery.worker.strategy", "celery.app.trace"):
+        logging.getLogger(per_task).setLevel(max(logging.WARNING, logging.root.level))
     celery.apps.worker.safe_say = say  # type: ignore[attr-defined]
     sys.excepthook = uncaught
     threading.excepthook = uncaught_in_thread
