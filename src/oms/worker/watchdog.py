@@ -33,9 +33,6 @@ LAST_TASK_RECEIVED = Gauge(
 TASKS_IN_WORKER = Gauge(
     "oms_worker_tasks_reserved", "Tasks this worker holds: running, or received and about to run"
 )
-CELERY_QUEUE_DEPTH_SEEN = Gauge(
-    "oms_worker_queue_depth", "Tasks waiting in the Celery queue, as the watchdog last saw it"
-)
 
 # A warm shutdown that has not ended by then (a consumer stuck in the library) is cut short.
 SHUTDOWN_GRACE_SECONDS = 15.0
@@ -98,7 +95,6 @@ class Watchdog:
         if self._broker_down:
             log.info("Watchdog reaches the broker again", queue_depth=depth)
             self._broker_down = False
-        CELERY_QUEUE_DEPTH_SEEN.set(depth)
         if depth == 0 or reserved >= self._concurrency:
             self._stalled_since = None  # nothing to take, or no room to take it: not a stall
             return False
