@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=None, help="default: the setting's")
     parser.add_argument("--pool", default=None, help="default: the setting's")
+    parser.add_argument("--workers", type=int, default=1, help="`oms worker` processes")
     parser.add_argument("--log-level", default=None, help="default: the setting's (INFO)")
     parser.add_argument("--timeout", type=float, default=55.0, help="give up after this long")
     args = parser.parse_args()
@@ -97,7 +98,7 @@ def main() -> None:
         env["LOG_LEVEL"] = args.log_level
     if args.pool:
         env["WORKER_POOL"] = args.pool
-    worker: subprocess.Popen[bytes] | None = None
+    workers: list[subprocess.Popen[bytes]] = []
     try:
         migrate.upgrade(db_url)
         with psycopg.connect(db_url, autocommit=True) as db:
@@ -126,12 +127,15 @@ def main() -> None:
             broker = redis.Redis.from_url(env["CELERY_BROKER_URL"], socket_timeout=5)
             queued = broker.llen(env["CELERY_QUEUE"])
 
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "oms.cli", "worker"],
-                env=env,
-                cwd=workdir,
-                stdout=subprocess.DEVNULL,
-            )
+            workers = [
+                subprocess.Popen(
+                    [sys.executable, "-m", "oms.cli", "worker"],
+                    env=env,
+                    cwd=workdir,
+                    stdout=subprocess.DEVNULL,
+                )
+                for _ in range(args.workers)
+            ]
             started = time.monotonic()
             cpu_at_first: float | None = None
             first_at: float | None = None
@@ -142,20 +146,24 @@ def main() -> None:
                 in_flight = int(broker.zcard(f"{env['CELERY_QUEUE']}:running"))
                 peak_in_flight = max(peak_in_flight, in_flight)
                 if first_at is None and in_flight:
-                    first_at, cpu_at_first = time.monotonic(), tree_cpu_seconds(worker.pid)
+                    first_at, cpu_at_first = (
+                        time.monotonic(),
+                        sum(tree_cpu_seconds(worker.pid) for worker in workers),
+                    )
                 done = int(
                     db.execute(
                         "SELECT count(*) FROM orders WHERE processed_at IS NOT NULL"
                     ).fetchone()[0]  # type: ignore[index]
                 )
             ended = time.monotonic()
-            cpu = tree_cpu_seconds(worker.pid)
+            cpu = sum(tree_cpu_seconds(worker.pid) for worker in workers)
             (span,) = db.execute(
                 "SELECT extract(epoch FROM max(processed_at) - min(processed_at)) FROM orders"
             ).fetchone()  # type: ignore[misc]
     finally:
-        if worker is not None:
+        for worker in workers:
             worker.terminate()
+        for worker in workers:
             try:
                 worker.wait(30)
             except subprocess.TimeoutExpired:
@@ -175,6 +183,7 @@ def main() -> None:
         "processed": done,
         "concurrency": args.concurrency or "default",
         "pool": args.pool or "default",
+        "workers": args.workers,
         "drain_seconds": round(drain_seconds, 2),
         "tasks_per_second": round(done / drain_seconds, 1),
         "peak_in_flight": peak_in_flight,
