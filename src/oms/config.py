@@ -120,7 +120,7 @@ class Settings(BaseSettings):
     # The watchdog restarts the Celery worker when tasks have waited in its queue this long
     # while it had free slots and took none (Celery/kombu can stop consuming after a Redis
     # restart and never resume).
-    worker_stall_seconds: float = Field(10.0, ge=1, le=3600)
+    worker_stall_seconds: float = Field(5.0, ge=1, le=3600)
 
     # Per-process Prometheus endpoint for the relay, consumer and worker; unset = disabled.
     metrics_port: int | None = Field(None, ge=1, le=65_535)

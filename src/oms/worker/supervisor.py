@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from types import FrameType
+from types import FrameType, TracebackType
 
 import structlog
 
@@ -46,6 +46,12 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child b
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def _log_uncaught(
+    kind: type[BaseException], error: BaseException, traceback: TracebackType | None
+) -> None:
+    log.error("Worker supervisor failed", exc_info=(kind, error, traceback))
+
+
 class Supervisor:
     def __init__(self, child_args: Sequence[str]) -> None:
         self._command = [sys.executable, "-m", "oms.cli", "worker", *child_args]
@@ -54,6 +60,7 @@ class Supervisor:
         self._restarts = 0
 
     def run(self) -> int:
+        sys.excepthook = _log_uncaught  # one JSON line, never a raw traceback
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             signal.signal(signum, self._on_signal)
         backoff = FIRST_BACKOFF_SECONDS

@@ -35,7 +35,7 @@ TASKS_IN_WORKER = Gauge(
 )
 
 # A warm shutdown that has not ended by then (a consumer stuck in the library) is cut short.
-SHUTDOWN_GRACE_SECONDS = 15.0
+SHUTDOWN_GRACE_SECONDS = 10.0
 # Exit status of a worker the watchdog had to cut short; the parent restarts it all the same.
 EXIT_STALLED = 75
 
