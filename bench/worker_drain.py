@@ -4,8 +4,8 @@ A private `redis-server` (the broker and the cache), a fresh PostgreSQL database
 unprocessed orders, and `--tasks` `process_order` tasks queued before the worker starts. Then one
 `oms worker` (default settings unless `--concurrency` / `--pool` say otherwise) drains the queue.
 Reported: tasks/s over the drain (first to last `processed_at`, plus the 2 s sleep of the first
-task), the peak number of tasks in flight (the worker's `running` marks), and the CPU% of the
-worker's whole process tree over the drain (100 % = one core).
+task), the peak number of tasks in flight (the worker's `running` marks), the CPU% of the
+worker's whole process tree over the drain (100 % = one core) and its peak resident memory.
 
 Usage:
     uv run python -m bench.worker_drain [--tasks 3000] [--concurrency N] [--pool threads]
@@ -57,6 +57,22 @@ def tree_cpu_seconds(root: int) -> float:
             continue
         pending += [int(child) for child in children]
     return total
+
+
+def tree_rss_mib(root: int) -> float:
+    """Resident memory of a process and its descendants (Linux /proc)."""
+    total, pending = 0, [root]
+    while pending:
+        pid = pending.pop()
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            continue
+        pending += [int(child) for child in children]
+    return total / 1024
 
 
 def main() -> None:
@@ -140,11 +156,13 @@ def main() -> None:
             cpu_at_first: float | None = None
             first_at: float | None = None
             peak_in_flight = 0
+            peak_rss = 0.0
             done = 0
             while done < args.tasks and time.monotonic() - started < args.timeout:
                 time.sleep(0.25)
                 in_flight = int(broker.zcard(f"{env['CELERY_QUEUE']}:running"))
                 peak_in_flight = max(peak_in_flight, in_flight)
+                peak_rss = max(peak_rss, sum(tree_rss_mib(worker.pid) for worker in workers))
                 if first_at is None and in_flight:
                     first_at, cpu_at_first = (
                         time.monotonic(),
@@ -187,6 +205,7 @@ def main() -> None:
         "drain_seconds": round(drain_seconds, 2),
         "tasks_per_second": round(done / drain_seconds, 1),
         "peak_in_flight": peak_in_flight,
+        "peak_rss_mib": round(peak_rss, 1),
         "worker_cpu_percent": round(100 * (cpu - (cpu_at_first or 0)) / busy, 1) if busy else None,
     }
     print(json.dumps(result, indent=2))
