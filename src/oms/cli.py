@@ -111,20 +111,38 @@ def _consumer(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
-    """The Celery worker; SIGTERM is Celery's warm shutdown (tasks in progress finish)."""
-    from oms.events.metrics import serve_metrics
-    from oms.worker.celery_app import configure_celery
+    """A supervising parent that runs the Celery worker as its child and restarts it when it
+    exits (oms.worker.supervisor); in the child, the Celery worker itself."""
+    from oms.worker.supervisor import CHILD_ENV, Supervisor
 
     if not settings.celery_broker_url:
         print("oms worker needs CELERY_BROKER_URL", file=sys.stderr)
         return 2
+    if os.environ.get(CHILD_ENV) != "1":
+        child_args = [f"--concurrency={args.concurrency}"] if args.concurrency else []
+        return Supervisor(child_args).run()
+    return _celery_worker(settings, args.concurrency or settings.worker_concurrency)
+
+
+def _celery_worker(settings: Settings, concurrency: int) -> int:
+    """The Celery worker; SIGTERM is Celery's warm shutdown (tasks in progress finish)."""
+    from celery import signals
+
+    from oms.events.metrics import serve_metrics
+    from oms.worker.celery_app import configure_celery, log_like_oms
+    from oms.worker.watchdog import Watchdog
+
     app = configure_celery(settings)
+    log_like_oms()
+    watchdog = Watchdog(settings, concurrency)
+    # Watching starts once the worker consumes; startup time is not a stall.
+    signals.worker_ready.connect(lambda **_: watchdog.start(), weak=False)
     serve_metrics(settings)
     argv = [
         "--quiet",  # no banner: stdout carries JSON log lines only
         "worker",
         f"--loglevel={settings.log_level}",
-        f"--concurrency={args.concurrency or settings.worker_concurrency}",
+        f"--concurrency={concurrency}",
         f"--pool={settings.worker_pool}",
         f"--queues={settings.celery_queue}",
         f"--hostname=oms-{os.getpid()}@%h",

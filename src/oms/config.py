@@ -114,8 +114,14 @@ class Settings(BaseSettings):
     celery_publish_timeout_seconds: float = Field(5.0, gt=0, le=60)
     # Unacked tasks of a worker that died are redelivered after this long (tasks take ~2 s).
     celery_visibility_timeout_seconds: int = Field(120, ge=1, le=86_400)
-    worker_concurrency: int = Field(8, ge=1, le=256)
+    # Tasks in flight per `oms worker`: the 2 s task is a wait, so threads are cheap (README
+    # "Worker execution model"); the database pool stays DB_POOL_SIZE whatever this is.
+    worker_concurrency: int = Field(1000, ge=1, le=4096)
     worker_pool: Literal["threads", "prefork", "solo"] = "threads"
+    # The watchdog restarts the Celery worker when tasks have waited in its queue this long
+    # while it had free slots and took none (Celery/kombu can stop consuming after a Redis
+    # restart and never resume).
+    worker_stall_seconds: float = Field(5.0, ge=1, le=3600)
 
     # Per-process Prometheus endpoint for the relay, consumer and worker; unset = disabled.
     metrics_port: int | None = Field(None, ge=1, le=65_535)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
+from pathlib import Path
 
 import aio_pika
 
 from tests.events.conftest import PROCESSED, RABBITMQ_URL, Pipeline
-from tests.support.processes import eventually
+from tests.support.processes import OmsProcess, eventually
 from tests.support.redis_server import RedisServer
 from tests.support.tcp_proxy import TcpProxy
 
@@ -137,3 +141,78 @@ async def test_a_duplicate_event_is_dropped_and_a_malformed_one_dead_lettered(
 
     pipeline.assert_processed_exactly_once([order_id])
     assert len(consumer.events(HANDED_OFF)) == 1
+
+
+async def test_worker_heals_after_its_redis_stops_while_it_holds_tasks(
+    pipeline: Pipeline, redis_server: RedisServer
+) -> None:
+    # 8 slots for 40 orders: some tasks sleep in the worker, the rest wait in the queue when
+    # Redis goes away. Their acks then fail, and Celery/kombu alone never take a task again.
+    worker = pipeline.start("worker", WORKER_CONCURRENCY="8")
+    consumer = pipeline.start("consumer")
+    pipeline.start("relay")
+    await eventually(lambda: consumer.events("Consumer started"), 30, pipeline.logs)
+    order_ids = await pipeline.create_orders(40)
+    await eventually(lambda: len(worker.events("Processing order")) >= 8, 30, pipeline.logs)
+
+    redis_server.shutdown()  # SHUTDOWN NOSAVE while 8 tasks are in their sleep
+    await asyncio.sleep(2)
+    # Back once the sleeping tasks' acks have failed (the case Celery/kombu do not recover from;
+    # redis-py retries an ack for a few seconds), or a few seconds later whatever happened.
+    with contextlib.suppress(AssertionError):
+        await eventually(lambda: _ack_failed(worker), 6)
+    redis_server.start()
+
+    await pipeline.wait_processed(order_ids, 60)
+    pipeline.assert_processed_exactly_once(order_ids)
+    # No manual step: the same `oms worker` is still up, and stops cleanly.
+    assert worker.running
+    assert worker.stop() == 0
+    # Errors are single JSON lines, never raw tracebacks.
+    assert [line for line in worker.lines if not line.startswith("{")] == [], pipeline.logs()
+
+
+def _ack_failed(worker: OmsProcess) -> bool:
+    return any(str(record["event"]).startswith("Couldn't ack") for record in worker.records())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")  # a zombie has exited
+
+
+async def test_the_worker_restarts_its_celery_process_and_leaves_no_orphan(
+    pipeline: Pipeline,
+) -> None:
+    worker = pipeline.start("worker", WORKER_CONCURRENCY="4")
+    pipeline.start("consumer")
+    pipeline.start("relay")
+    [first] = await eventually(lambda: worker.events("Celery worker started"), 30, pipeline.logs)
+    await eventually(lambda: _ready(worker), 30, pipeline.logs)
+
+    os.kill(first["pid"], signal.SIGKILL)  # the Celery process dies; `oms worker` goes on
+    await eventually(lambda: len(worker.events("Celery worker started")) == 2, 30, pipeline.logs)
+    order_ids = await pipeline.create_orders(5)
+    await pipeline.wait_processed(order_ids, 60)
+    pipeline.assert_processed_exactly_once(order_ids)
+
+    second = worker.events("Celery worker started")[-1]["pid"]
+    assert worker.stop() == 0  # SIGTERM: warm shutdown of the Celery process, then exit 0
+    assert not _alive(second)
+
+    # Killed outright, the parent takes its Celery process with it.
+    again = pipeline.start("worker", WORKER_CONCURRENCY="4")
+    [started] = await eventually(lambda: again.events("Celery worker started"), 30, pipeline.logs)
+    again.kill()
+    await eventually(lambda: not _alive(started["pid"]), 10, pipeline.logs)
+
+
+def _ready(worker: OmsProcess) -> bool:
+    """Celery's `<hostname> ready.` line: the worker consumes."""
+    return any(
+        record.get("logger") == "celery.apps.worker" and str(record["event"]).endswith(" ready.")
+        for record in worker.records()
+    )

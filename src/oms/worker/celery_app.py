@@ -5,8 +5,13 @@ RabbitMQ is only the event bus; Celery never touches it (SPEC 1).
 
 from __future__ import annotations
 
+import logging
+import sys
+import threading
+from types import TracebackType
 from typing import Any
 
+import structlog
 from celery import Celery, signals
 
 from oms.config import Settings
@@ -20,6 +25,45 @@ _configured: Settings | None = None
 @signals.setup_logging.connect
 def _keep_structlog(**_kwargs: Any) -> None:
     """A receiver here stops Celery from replacing the structlog handlers `oms` installed."""
+
+
+def log_like_oms() -> None:
+    """Everything the worker process says becomes one JSON line through structlog.
+
+    Celery's logging already goes through `oms.logging`'s handler (exceptions in a field), but a
+    few messages bypass logging: the shutdown notices are written straight to the terminal by
+    `celery.apps.worker.safe_say`, and an exception escaping a thread or the main module is
+    printed as a raw multi-line traceback by the interpreter's hooks.
+    """
+    import celery.apps.worker
+
+    celery_log = structlog.get_logger("celery.apps.worker")
+    hook_log = structlog.get_logger("oms.worker")
+
+    def say(message: str, *_args: Any, **_kwargs: Any) -> None:
+        celery_log.info(str(message).strip())
+
+    def uncaught(
+        kind: type[BaseException], error: BaseException, traceback: TracebackType | None
+    ) -> None:
+        hook_log.error("Uncaught exception", exc_info=(kind, error, traceback))
+
+    def uncaught_in_thread(hook: threading.ExceptHookArgs) -> None:
+        if hook.exc_value is None:
+            return
+        hook_log.error(
+            "Uncaught exception in a thread",
+            thread=hook.thread.name if hook.thread else None,
+            exc_info=(hook.exc_type, hook.exc_value, hook.exc_traceback),
+        )
+
+    # Celery's own per-task lines (received, succeeded) repeat the task's lines, and the
+    # "received" one is rendered in the single consumer loop that bounds the worker's rate.
+    for per_task in ("celery.worker.strategy", "celery.app.trace"):
+        logging.getLogger(per_task).setLevel(max(logging.WARNING, logging.root.level))
+    celery.apps.worker.safe_say = say  # type: ignore[attr-defined]
+    sys.excepthook = uncaught
+    threading.excepthook = uncaught_in_thread
 
 
 def configure_celery(settings: Settings) -> Celery:
@@ -65,6 +109,10 @@ def configure_celery(settings: Settings) -> Celery:
         worker_send_task_events=False,
         # No pidbox fan-out on Redis: nothing to re-subscribe after a Redis restart.
         worker_enable_remote_control=False,
+        # Tasks running when the broker connection drops finish (the effect is idempotent and
+        # exactly once in the database); said explicitly, this also silences Celery's
+        # multi-line CPendingDeprecationWarning at every reconnection.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         enable_utc=True,
     )
     return app

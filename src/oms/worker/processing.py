@@ -1,9 +1,9 @@
 """What `process_order` does, independent of how it was dispatched (Celery or a thread).
 
-Exactly once in effect: the order row is locked and re-checked after the sleep, so of any number
-of concurrent or repeated runs exactly one sees `processed_at` still empty, logs the line and
-sets it. Nothing is claimed before the sleep, so a worker killed while sleeping leaves no state
-behind and the redelivered task (or the sweeper's re-dispatch) simply does the work.
+Exactly once in effect: after the sleep one conditional UPDATE sets `processed_at` only where it
+is still empty, so of any number of concurrent or repeated runs exactly one wins, commits, then
+logs the line. Nothing is claimed before the sleep, so a worker killed while sleeping leaves no
+state behind and the redelivered task (or the sweeper's re-dispatch) simply does the work.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from typing import Protocol
 import redis
 import structlog
 from prometheus_client import Counter
-from sqlalchemy import Engine, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine, bindparam, select, update
 
 import oms.models  # noqa: F401 - every table, so the mapper resolves foreign keys
 from oms.cache import PUT_IF_NEWER_LUA, OrderCache, cache_key, version_key
@@ -104,40 +103,51 @@ class LoopCacheWriter:
 
 
 class OrderProcessor:
+    """Thread-safe: every task thread shares one processor and its engine's small pool.
+
+    A run holds a pooled connection only for its two short statements, never during the sleep,
+    so hundreds of tasks in flight share a pool of a few connections.
+    """
+
     def __init__(self, engine: Engine, cache: CacheWriter) -> None:
         self._engine = engine
         self._cache = cache
+        self._check = select(Order.processed_at).where(Order.id == bindparam("order_id"))
+        self._mark = (
+            update(Order)
+            .where(Order.id == bindparam("order_id"), Order.processed_at.is_(None))
+            .values(
+                processed_at=bindparam("now", type_=Order.__table__.c.processed_at.type),
+                version=Order.version + 1,
+            )
+            .returning(*Order.__table__.c)
+        )
 
     def process(self, order_id: uuid.UUID) -> Outcome:
-        with Session(self._engine) as session:
-            order = session.get(Order, order_id)
-            if order is None:
-                log.warning("Order not found; nothing to process")
-                return self._count(Outcome.NOT_FOUND)
-            if order.processed_at is not None:
-                log.info("Order already processed; nothing to do")
-                return self._count(Outcome.ALREADY_PROCESSED)
+        with self._engine.connect() as connection:
+            found = connection.execute(self._check, {"order_id": order_id}).first()
+            connection.rollback()  # hand the connection back clean, before the sleep
+        if found is None:
+            log.warning("Order not found; nothing to process")
+            return self._count(Outcome.NOT_FOUND)
+        if found.processed_at is not None:
+            log.info("Order already processed; nothing to do")
+            return self._count(Outcome.ALREADY_PROCESSED)
 
         log.info("Processing order")
         time.sleep(PROCESSING_SECONDS)
 
-        with Session(self._engine, expire_on_commit=False) as session, session.begin():
-            # The row lock makes concurrent runs of the same order queue up here; the first
-            # marks it, the others then find `processed_at` set.
-            order = session.scalar(
-                select(Order)
-                .where(Order.id == order_id, Order.processed_at.is_(None))
-                .with_for_update()
-            )
-            if order is None:
-                log.info("Order already processed; nothing to do")
-                return self._count(Outcome.ALREADY_PROCESSED)
-            log.info(f"Order {order_id} processed")
-            order.processed_at = utcnow()
-            order.version += 1
-            session.flush()
-            body, version = order_json(order), order.version
-        self._cache.write(order_id, body, version)
+        # One statement: of any number of concurrent runs, exactly one matches the row with
+        # `processed_at` still empty (PostgreSQL re-checks the condition after a row lock wait).
+        with self._engine.begin() as connection:
+            row = connection.execute(self._mark, {"order_id": order_id, "now": utcnow()}).first()
+        if row is None:
+            log.info("Order already processed; nothing to do")
+            return self._count(Outcome.ALREADY_PROCESSED)
+        # After the commit: the line means the order is processed for good.
+        log.info(f"Order {order_id} processed")
+        mapping = dict(row._mapping)
+        self._cache.write(order_id, order_json(mapping), int(mapping["version"]))
         return self._count(Outcome.PROCESSED)
 
     @staticmethod
