@@ -45,7 +45,6 @@ DRILL_SETTINGS = {
     "sweeper_interval_seconds": "1",
     "relay_max_backoff_seconds": "1",
     "rabbitmq_reconnect_interval_seconds": "0.5",
-    "worker_concurrency": "32",
 }
 
 
