@@ -13,6 +13,7 @@ from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from oms.cache import OrderCache, RedisOrderCache, cache_key, version_key
+from oms.redis import SharedRead
 from tests.conftest import ApiUser, create_order, make_settings, register_and_login
 from tests.support.apps import client_for, running_app
 
@@ -139,6 +140,12 @@ class FillPausingCache:
 
     async def get(self, order_id: uuid.UUID) -> bytes | None:
         return await self.inner.get(order_id)
+
+    def shared_key(self, order_id: uuid.UUID) -> str | None:
+        return self.inner.shared_key(order_id)
+
+    def shared_read(self, read: SharedRead) -> bytes | None:
+        return self.inner.shared_read(read)
 
     async def put(self, order_id: uuid.UUID, body: bytes, version: int) -> None:
         if version == 1:

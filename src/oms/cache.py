@@ -18,7 +18,7 @@ import structlog
 from fastapi import Depends, Request
 from prometheus_client import Counter
 
-from oms.redis import RedisGuard, RedisUnavailableError
+from oms.redis import RedisGuard, RedisUnavailableError, SharedRead
 
 log = structlog.get_logger(__name__)
 
@@ -59,10 +59,27 @@ class OrderCache(Protocol):
     async def put(self, order_id: uuid.UUID, body: bytes, version: int) -> None:
         """Store the order JSON unless a newer version is already cached."""
 
+    def shared_key(self, order_id: uuid.UUID) -> str | None:
+        """The Redis key a caller may read along with its own Redis call (the rate limit) instead
+        of calling `get`, or None when `get` must be called."""
+
+    def shared_read(self, read: SharedRead) -> bytes | None:
+        """What such a read of `shared_key` means for this cache (counted like `get`)."""
+
     async def close(self) -> None: ...
 
 
-class DisabledOrderCache:
+class _OwnReadsOnly:
+    """For caches that are not in Redis: every read is a `get`."""
+
+    def shared_key(self, order_id: uuid.UUID) -> str | None:
+        return None
+
+    def shared_read(self, read: SharedRead) -> bytes | None:
+        raise AssertionError("shared_key gave no key to read")
+
+
+class DisabledOrderCache(_OwnReadsOnly):
     """`CACHE_ENABLED=false`: every read is a miss and writes are dropped."""
 
     async def get(self, order_id: uuid.UUID) -> bytes | None:
@@ -76,7 +93,7 @@ class DisabledOrderCache:
         return None
 
 
-class InMemoryOrderCache:
+class InMemoryOrderCache(_OwnReadsOnly):
     """A bounded TTL cache living in one process."""
 
     def __init__(self, ttl_seconds: float, max_entries: int = 10_000) -> None:
@@ -144,6 +161,17 @@ class RedisOrderCache:
         except RedisUnavailableError as unavailable:
             CACHE_FALLBACKS.labels(operation="put", reason=unavailable.reason).inc()
             self._remember_unwritten(order_id)
+
+    def shared_key(self, order_id: uuid.UUID) -> str | None:
+        # Entries still to invalidate after an outage: `get` drops them before reading.
+        return None if self._unwritten else cache_key(order_id)
+
+    def shared_read(self, read: SharedRead) -> bytes | None:
+        if read.unavailable is not None:
+            CACHE_FALLBACKS.labels(operation="get", reason=read.unavailable).inc()
+            return None
+        (CACHE_MISSES if read.value is None else CACHE_HITS).inc()
+        return read.value
 
     async def close(self) -> None:
         """Nothing of its own to close: the lifespan owns the Redis client."""

@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
     jwt_issuer: str = "oms"
     jwt_audience: str = "oms-api"
+    # How long a process may remember that a token's user exists (SPEC 2.4): a cached read then
+    # needs no database round trip; a deleted user's token is refused within this delay.
+    user_recheck_seconds: float = Field(60.0, ge=0, le=3600)
 
     # OWASP's Argon2id baseline; pwdlib's heavier defaults cap logins near 10/s here.
     argon2_memory_cost_kib: int = Field(19_456, ge=8_192, le=1_048_576)
@@ -126,6 +129,14 @@ class Settings(BaseSettings):
     # Per-process Prometheus endpoint for the relay, consumer and worker; unset = disabled.
     metrics_port: int | None = Field(None, ge=1, le=65_535)
     max_body_bytes: int = Field(64 * 1024, ge=1024)
+    # What `oms api` allows one client (oms.server): the request line and headers together,
+    # the time to send them and then the body, the idle time between keep-alive requests, and
+    # the connections one process serves at once (beyond it: 503 and close).
+    max_header_bytes: int = Field(32 * 1024, ge=1024, le=1024 * 1024)
+    header_timeout_seconds: float = Field(10.0, gt=0, le=600)
+    body_timeout_seconds: float = Field(30.0, gt=0, le=3600)
+    keep_alive_seconds: float = Field(5.0, gt=0, le=600)
+    max_connections: int = Field(1000, ge=1, le=100_000)
 
     log_level: LogLevel = "INFO"
     log_format: LogFormat | None = None

@@ -257,9 +257,17 @@ async def _close(session: AsyncSession) -> None:
 DbSession = Annotated[AsyncSession, Depends(get_session)]
 
 
-async def get_connection(request: Request) -> AsyncIterator[AsyncConnection]:
+@asynccontextmanager
+async def database_connection(request: Request) -> AsyncIterator[AsyncConnection]:
+    """A statement-engine connection through the gate, for a route that needs the database only
+    on some of its paths (a cached read takes none)."""
     engine: AsyncEngine = request.app.state.statement_engine
     async with request.app.state.database_gate, engine.connect() as connection:
+        yield connection
+
+
+async def get_connection(request: Request) -> AsyncIterator[AsyncConnection]:
+    async with database_connection(request) as connection:
         yield connection
 
 

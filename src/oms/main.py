@@ -10,6 +10,7 @@ from fastapi import Depends, FastAPI
 
 from oms.auth.passwords import PasswordHasher
 from oms.auth.router import router as auth_router
+from oms.auth.service import RecentlySeenUsers
 from oms.auth.tokens import TokenVerifier
 from oms.cache import DisabledOrderCache, InMemoryOrderCache, OrderCache, RedisOrderCache
 from oms.config import Settings, get_settings
@@ -82,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.database_gate = create_database_gate(settings)
         app.state.token_verifier = TokenVerifier(settings)
         app.state.password_hasher = hasher
+        app.state.recently_seen_users = RecentlySeenUsers(settings.user_recheck_seconds)
         app.state.order_cache = cache
         app.state.rate_limiter = limiter
         app.state.redis = redis  # RedisGuard | None: the one client, for anything else needing it

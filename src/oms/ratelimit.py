@@ -36,7 +36,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from oms.config import Settings
-from oms.redis import RedisGuard, RedisUnavailableError
+from oms.redis import RedisGuard, RedisUnavailableError, SharedRead
 
 log = structlog.get_logger(__name__)
 
@@ -50,7 +50,7 @@ KEY_PREFIX = "oms:ratelimit"
 # `limits`' RedisStorage (newest timestamp first, trimmed to `limit`, expiring after `expiry`).
 # KEYS: the window list; ARGV: now (float seconds), limit, expiry (seconds).
 # Returns {allowed (0/1), number of entries in the window, oldest entry (string) or false}.
-HIT_AND_COUNT_LUA = """
+_MOVING_WINDOW_LUA = """
 local now = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
 local expiry = tonumber(ARGV[3])
@@ -76,11 +76,18 @@ while low <= high do
         high = mid - 1
     end
 end
-if oldest == nil then
-    return {allowed, 0, false}
+local count, oldest_entry = 0, false
+if oldest ~= nil then
+    count, oldest_entry = oldest + 1, redis.call('LINDEX', KEYS[1], oldest)
 end
-return {allowed, oldest + 1, redis.call('LINDEX', KEYS[1], oldest)}
 """
+HIT_AND_COUNT_LUA = _MOVING_WINDOW_LUA + "return {allowed, count, oldest_entry}\n"
+# The same decision plus, when allowed, the value under KEYS[2] (false if none): a cached order
+# read and its rate limit in one round trip.
+HIT_AND_READ_LUA = (
+    _MOVING_WINDOW_LUA
+    + "return {allowed, count, oldest_entry, allowed == 1 and redis.call('GET', KEYS[2])}\n"
+)
 
 RATE_LIMIT_REJECTIONS = Counter(
     "oms_rate_limit_rejections", "Requests answered 429 by the rate limiter", ["limit"]
@@ -136,33 +143,61 @@ class RateLimiter:
         self._hit_and_count = (
             guard.client.register_script(HIT_AND_COUNT_LUA) if guard is not None else None
         )
+        self._hit_and_read = (
+            guard.client.register_script(HIT_AND_READ_LUA) if guard is not None else None
+        )
 
     async def hit(self, name: LimitName, *identifiers: str) -> RateLimitDecision:
         item = self.limits[name]
         if self._guard is not None:
             try:
-                return await self._guard.run(lambda: self._hit_shared(item, identifiers))
+                decision, _ = await self._guard.run(lambda: self._hit_shared(item, identifiers))
+                return decision
             except RedisUnavailableError as unavailable:
                 RATE_LIMIT_FALLBACKS.labels(reason=unavailable.reason).inc()
         return await _hit(self._memory, item, identifiers)
 
+    async def hit_and_read(
+        self, name: LimitName, identifiers: tuple[str, ...], key: str
+    ) -> tuple[RateLimitDecision, SharedRead]:
+        """The decision, plus the Redis value under `key` read in the same round trip when the
+        request is allowed. Without Redis the decision comes from memory and the read fails
+        (`SharedRead.unavailable`), so the caller falls back as it would for its own call."""
+        item = self.limits[name]
+        if self._guard is not None:
+            try:
+                return await self._guard.run(lambda: self._hit_shared(item, identifiers, key))
+            except RedisUnavailableError as unavailable:
+                RATE_LIMIT_FALLBACKS.labels(reason=unavailable.reason).inc()
+                return await _hit(self._memory, item, identifiers), SharedRead(
+                    None, unavailable.reason
+                )
+        return await _hit(self._memory, item, identifiers), SharedRead(None, "error")
+
     async def _hit_shared(
-        self, item: RateLimitItem, identifiers: tuple[str, ...]
-    ) -> RateLimitDecision:
-        assert self._hit_and_count is not None
+        self, item: RateLimitItem, identifiers: tuple[str, ...], read_key: str | None = None
+    ) -> tuple[RateLimitDecision, SharedRead]:
         key = f"{KEY_PREFIX}:{item.key_for(*identifiers)}"
         expiry = item.get_expiry()
         now = time.time()
-        allowed, count, oldest = await self._hit_and_count(
-            keys=[key], args=[repr(now), item.amount, expiry]
-        )
+        args: list[str | int] = [repr(now), item.amount, expiry]
+        value: bytes | None = None
+        if read_key is None:
+            assert self._hit_and_count is not None
+            allowed, count, oldest = await self._hit_and_count(keys=[key], args=args)
+        else:
+            assert self._hit_and_read is not None
+            allowed, count, oldest, value = await self._hit_and_read(
+                keys=[key, read_key], args=args
+            )
         window_start = float(oldest) if oldest else now
-        return RateLimitDecision(
+        decision = RateLimitDecision(
             allowed=bool(allowed),
             limit=item.amount,
             remaining=item.amount - int(count),
             reset_after_seconds=max(0, math.ceil(window_start + expiry - time.time())),
         )
+        return decision, SharedRead(value or None, None)
 
     async def close(self) -> None:
         # The in-memory storage expires entries with a background task.
@@ -184,21 +219,33 @@ async def _hit(
     )
 
 
-async def limit_per_client(request: Request, user_id: int | None) -> None:
+async def limit_per_client(
+    request: Request, user_id: int | None, read_key: str | None = None
+) -> SharedRead | None:
     """RATE_LIMIT_TIMES per RATE_LIMIT_SECONDS per client per route; the client is the user of a
-    verified token, else (no token, or an invalid one) the peer IP."""
+    verified token, else (no token, or an invalid one) the peer IP. With `read_key`, also the
+    Redis value under it, read in the decision's round trip."""
     client = f"user:{user_id}" if user_id is not None else f"ip:{_peer_ip(request)}"
-    await _enforce(request, "client", _route_of(request), client)
+    limiter: RateLimiter = request.app.state.rate_limiter
+    route = _route_of(request)
+    if read_key is None:
+        _decide(request, "client", route, client, await limiter.hit("client", route, client))
+        return None
+    decision, read = await limiter.hit_and_read("client", (route, client), read_key)
+    _decide(request, "client", route, client, decision)
+    return read
 
 
 async def limit_auth_per_ip(request: Request) -> None:
     """AUTH_RATE_LIMIT per peer IP on the credential endpoints."""
-    await _enforce(request, "auth", _route_of(request), f"ip:{_peer_ip(request)}")
-
-
-async def _enforce(request: Request, name: LimitName, route: str, client: str) -> None:
     limiter: RateLimiter = request.app.state.rate_limiter
-    decision = await limiter.hit(name, route, client)
+    route, client = _route_of(request), f"ip:{_peer_ip(request)}"
+    _decide(request, "auth", route, client, await limiter.hit("auth", route, client))
+
+
+def _decide(
+    request: Request, name: LimitName, route: str, client: str, decision: RateLimitDecision
+) -> None:
     request.state.rate_limit = decision
     if not decision.allowed:
         RATE_LIMIT_REJECTIONS.labels(limit=name).inc()

@@ -13,6 +13,7 @@ import contextlib
 import enum
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 import structlog
@@ -46,6 +47,15 @@ def create_redis_client(settings: Settings) -> Redis:
         retry=Retry(NoBackoff(), 0),
     )
     return Redis.from_pool(pool)
+
+
+@dataclass(frozen=True, slots=True)
+class SharedRead:
+    """A Redis value read along with another call (the rate limit's): `value` (None if the key
+    is unset), or why Redis could not be asked (`unavailable`)."""
+
+    value: bytes | None
+    unavailable: FallbackReason | None
 
 
 class RedisUnavailableError(Exception):

@@ -1,13 +1,15 @@
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import jwt
 import pytest
+from asgi_lifespan import LifespanManager
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -15,10 +17,19 @@ from oms.auth.models import User
 from oms.auth.tokens import TokenVerifier, create_access_token
 from oms.config import Settings
 from oms.exceptions import AuthenticationError
+from oms.main import create_app
 from oms.orders.models import Order
-from tests.conftest import ITEM, PASSWORD, ApiUser, create_order, unique_email
+from tests.conftest import (
+    ITEM,
+    PASSWORD,
+    ApiUser,
+    create_order,
+    register_and_login,
+    unique_email,
+)
 
 PROTECTED = "/orders/user/{id}/"
+RECHECK_SECONDS = 0.5
 
 
 async def test_login_returns_a_bearer_token(client: httpx.AsyncClient, user: ApiUser) -> None:
@@ -125,12 +136,24 @@ async def test_token_of_deleted_user_is_401(
     assert response.status_code == 401
 
 
+@pytest.fixture
+async def rechecking_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of an app that remembers a user exists for only RECHECK_SECONDS (SPEC 2.4)."""
+    app = create_app(settings.model_copy(update={"user_recheck_seconds": RECHECK_SECONDS}))
+    async with LifespanManager(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            yield http
+
+
 async def test_token_of_deleted_user_is_401_on_every_order_route(
-    client: httpx.AsyncClient, make_user: Callable[[], Awaitable[ApiUser]], engine: AsyncEngine
+    rechecking_client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
     """Whatever the route would otherwise answer: a cached copy of the user's own order, another
-    user's order (403), a missing one (404), or a new order."""
-    user, other = await make_user(), await make_user()
+    user's order (403), a missing one (404), or a new order; a cached read at the latest once
+    USER_RECHECK_SECONDS have passed since the process last saw the user."""
+    client = rechecking_client
+    user, other = await register_and_login(client), await register_and_login(client)
     own = (await create_order(client, user))["id"]
     others = (await create_order(client, other))["id"]
     for reader, order_id in ((user, own), (other, others)):  # both now in the cache
@@ -138,6 +161,7 @@ async def test_token_of_deleted_user_is_401_on_every_order_route(
         assert response.status_code == 200
     async with engine.begin() as connection:
         await connection.execute(delete(User).where(User.id == user.id))
+    await asyncio.sleep(RECHECK_SECONDS)  # what the process remembers about the user expires
 
     paid = {"status": "PAID"}
     requests = {
@@ -156,6 +180,22 @@ async def test_token_of_deleted_user_is_401_on_every_order_route(
     async with engine.connect() as connection:
         count = select(func.count()).select_from(Order).where(Order.user_id == user.id)
         assert await connection.scalar(count) == 0
+
+
+async def test_cached_read_needs_no_database_while_the_user_is_remembered(
+    client: httpx.AsyncClient, user: ApiUser, engine: AsyncEngine
+) -> None:
+    """Within USER_RECHECK_SECONDS (60 here) a cache hit is served without asking PostgreSQL
+    whether the user still exists: the read of a deleted user's cached order still answers."""
+    order = await create_order(client, user)
+    first = await client.get(f"/orders/{order['id']}/", headers=user.headers)
+    async with engine.begin() as connection:
+        await connection.execute(delete(User).where(User.id == user.id))
+
+    again = await client.get(f"/orders/{order['id']}/", headers=user.headers)
+
+    assert again.status_code == 200
+    assert again.content == first.content
 
 
 async def test_hash_with_other_parameters_verifies_and_is_upgraded(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -22,6 +25,36 @@ async def ensure_user_exists(db: AsyncSession | AsyncConnection, user_id: int) -
 
 
 _USER_EXISTS = select(User.id).where(User.id == bindparam("user_id"))
+
+
+class RecentlySeenUsers:
+    """The users this process found in the database less than USER_RECHECK_SECONDS ago.
+
+    SPEC 2.4 lets a deleted user's token work for that long, so a request served without the
+    database (a cached order) asks this memory instead of PostgreSQL; once an entry is older, the
+    next such request checks the database again. Bounded: the oldest entries go first.
+    """
+
+    def __init__(
+        self,
+        recheck_seconds: float,
+        max_entries: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._recheck = recheck_seconds
+        self._max_entries = max_entries
+        self._clock = clock
+        self._seen_at: dict[int, float] = {}
+
+    def recently_seen(self, user_id: int) -> bool:
+        seen_at = self._seen_at.get(user_id)
+        return seen_at is not None and self._clock() - seen_at < self._recheck
+
+    def remember(self, user_id: int) -> None:
+        self._seen_at.pop(user_id, None)  # re-inserted last: the dict's order is the age order
+        if len(self._seen_at) >= self._max_entries:
+            del self._seen_at[next(iter(self._seen_at))]
+        self._seen_at[user_id] = self._clock()
 
 
 def normalise_email(email: str) -> str:

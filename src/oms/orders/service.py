@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -24,7 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from oms.auth.service import ensure_user_exists
+from oms.auth.service import RecentlySeenUsers, ensure_user_exists
 from oms.cache import OrderCache
 from oms.db import Base, in_transaction, utcnow
 from oms.events.models import OutboxEvent
@@ -33,6 +35,7 @@ from oms.events.schemas import NEW_ORDER, NewOrderEvent
 from oms.exceptions import ConflictError, NotFoundError, PermissionDeniedError, UnprocessableError
 from oms.orders.models import IdempotencyKey, Order, OrderStatus
 from oms.orders.schemas import OrderCreate, order_json, stored_items
+from oms.redis import SharedRead
 
 ALLOWED_TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
     OrderStatus.PENDING: frozenset({OrderStatus.PAID, OrderStatus.CANCELED}),
@@ -49,6 +52,8 @@ _ALLOWED_SOURCES: dict[OrderStatus, list[OrderStatus]] = {
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 # An order's columns as the statements below read them.
 OrderRow = dict[str, Any]
+# Opens a database connection for the paths of a request that need one.
+ConnectionOpener = Callable[[], AbstractAsyncContextManager[AsyncConnection]]
 ORDER_NOT_FOUND = "Order not found"
 NOT_YOUR_ORDER = "This order belongs to another user"
 
@@ -234,17 +239,32 @@ def _advisory_lock_id(user_id: int, key: str) -> int:
 
 
 async def get_order_json(
-    connection: AsyncConnection, cache: OrderCache, user_id: int, order_id: uuid.UUID
+    open_connection: ConnectionOpener,
+    cache: OrderCache,
+    users: RecentlySeenUsers,
+    user_id: int,
+    order_id: uuid.UUID,
+    shared: SharedRead | None,
 ) -> bytes:
-    """The order's JSON, from the cache when it holds it, else from the database."""
-    body = await cache.get(order_id)
+    """The order's JSON, from the cache when it holds it, else from the database.
+
+    `shared` is the cached copy when the caller already read `cache.shared_key` (along with the
+    rate limit): a hit then costs no further round trip, nor the database while the user is
+    known to exist (SPEC 2.4: a process may remember that for USER_RECHECK_SECONDS).
+    """
+    body = await cache.get(order_id) if shared is None else cache.shared_read(shared)
     if body is not None:
-        # A cached copy can outlive its owner's account: only the database knows.
-        await ensure_user_exists(connection, user_id)
+        # A cached copy can outlive its owner's account.
+        if not users.recently_seen(user_id):
+            async with open_connection() as connection:
+                await ensure_user_exists(connection, user_id)
+            users.remember(user_id)
         if _Owner.model_validate_json(body).user_id != user_id:
             raise PermissionDeniedError(NOT_YOUR_ORDER)
         return body
-    order = await _owned(connection, await _find(connection, order_id), user_id)
+    async with open_connection() as connection:
+        order = await _owned(connection, await _find(connection, order_id), user_id)
+    users.remember(user_id)  # an order they own proves it
     body = order_json(order)
     await cache.put(order["id"], body, order["version"])
     return body
