@@ -63,7 +63,9 @@ def _api(settings: Settings, args: argparse.Namespace) -> int:
             port=args.port,
             workers=args.workers,
             loop="uvloop",
-            http="httptools",
+            # httptools plus limits on header size, header and body time, connections.
+            http="oms.server:LimitedHttpToolsProtocol",
+            timeout_keep_alive=settings.keep_alive_seconds,  # type: ignore[arg-type]
             proxy_headers=True,
             forwarded_allow_ips=",".join(settings.forwarded_allow_ips),
             timeout_graceful_shutdown=20,

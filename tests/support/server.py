@@ -34,6 +34,7 @@ def api_environment(database_url: str, **settings: str) -> dict[str, str]:
 class RunningApi:
     url: str
     log_path: Path
+    pid: int
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -64,7 +65,7 @@ def running_api(env: dict[str, str], workers: int = 1) -> Iterator[RunningApi]:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"oms api did not start:\n{log_path.read_text()}")
             time.sleep(0.1)
-        yield RunningApi(base_url, log_path)
+        yield RunningApi(base_url, log_path, process.pid)
     finally:
         process.terminate()
         try:
