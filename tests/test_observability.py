@@ -17,7 +17,7 @@ from starlette.types import Message, Scope
 
 from oms.logging import REDACTED, redact_secrets
 from oms.metrics import MULTIPROC_DIR_ENV, UNMATCHED_ROUTE, multiprocess_directory
-from oms.middleware import RequestIdMiddleware
+from oms.middleware import RequestMiddleware
 from tests.conftest import ApiUser
 
 
@@ -84,7 +84,7 @@ async def test_hostile_request_ids_are_replaced() -> None:
         await send({"type": "http.response.start", "status": 204, "headers": []})  # type: ignore[operator]
         await send({"type": "http.response.body", "body": b""})  # type: ignore[operator]
 
-    middleware = RequestIdMiddleware(app)  # type: ignore[arg-type]
+    middleware = RequestMiddleware(app)  # type: ignore[arg-type]
     echoed: list[str] = []
     for given in (b"abc\ninjected=1", b"x" * 10_000, b"ok\r\nSet-Cookie: a=b", b"good-id.1:2"):
         sent: list[Message] = []
@@ -95,7 +95,12 @@ async def test_hostile_request_ids_are_replaced() -> None:
         async def receive() -> Message:
             return {"type": "http.request", "body": b""}
 
-        scope = {"type": "http", "headers": [(b"x-request-id", given)]}
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": "/x",
+            "headers": [(b"x-request-id", given)],
+        }
         await middleware(scope, receive, send)
         headers = dict(sent[0]["headers"])
         echoed.append(headers[b"x-request-id"].decode())

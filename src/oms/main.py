@@ -27,13 +27,9 @@ from oms.health import DependencyCheck, broker_check, database_check
 from oms.health import router as health_router
 from oms.logging import configure_logging
 from oms.metrics import router as metrics_router
-from oms.middleware import AccessLogMiddleware, BodySizeLimitMiddleware, RequestIdMiddleware
+from oms.middleware import BodySizeLimitMiddleware, RequestMiddleware
 from oms.orders.router import router as orders_router
-from oms.ratelimit import (
-    RateLimiter,
-    RateLimitHeadersMiddleware,
-    limit_auth_per_ip,
-)
+from oms.ratelimit import RateLimiter, limit_auth_per_ip
 from oms.redis import RedisGuard, create_redis_client
 
 DESCRIPTION = """
@@ -110,13 +106,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     register_error_handlers(app)
-    # Added innermost first: RequestId, then CORS, see every response.
+    # Innermost first. CORS sees the 413s; RequestMiddleware, outermost, sees every response
+    # (request id, rate-limit headers, access line and metrics).
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
-    app.add_middleware(RateLimitHeadersMiddleware)
     add_cors(app, settings)
-    # Added last = outermost: the access line and metrics cover 413s too, and see the request id.
-    app.add_middleware(AccessLogMiddleware)
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(RequestMiddleware)
     app.include_router(health_router)  # health and metrics are never rate limited
     app.include_router(metrics_router)
     app.include_router(auth_router, dependencies=[Depends(limit_auth_per_ip)])

@@ -5,15 +5,18 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from typing import Any
 
 import structlog
-from starlette.datastructures import MutableHeaders
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from oms.metrics import UNMATCHED_ROUTE, observe_http_request
+from oms.ratelimit import STATE_KEY as RATE_LIMIT_STATE_KEY
+from oms.ratelimit import RateLimitDecision
 
 REQUEST_ID_HEADER = "X-Request-ID"
+REQUEST_ID_HEADER_BYTES = b"x-request-id"
 # Anything else (control characters, 10 kB values) is replaced, never logged nor echoed.
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _MAX_LOGGED_PATH = 200
@@ -21,40 +24,17 @@ _MAX_LOGGED_PATH = 200
 access_logger = structlog.get_logger("oms.access")
 
 
-class RequestIdMiddleware:
-    """Accepts a well-formed `X-Request-ID` or makes one, binds it to logs and echoes it."""
+class RequestMiddleware:
+    """Everything the service does around each HTTP request, in one layer (each pure-ASGI layer
+    costs a coroutine and a wrapped `send` per request, measurable at this service's rates):
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    - accepts a well-formed `X-Request-ID` or makes one, binds it to the logs, echoes it;
+    - adds the `RateLimit-*` headers of the request's rate-limit decision (`oms.ratelimit`,
+      left in the request state), 429s included;
+    - writes one access log line and one metrics observation. Labels use the route template
+      (`/orders/{order_id}/`), never the raw path.
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = _incoming_request_id(scope) or uuid.uuid4().hex
-
-        async def send_with_request_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
-            await send(message)
-
-        with structlog.contextvars.bound_contextvars(request_id=request_id):
-            await self.app(scope, receive, send_with_request_id)
-
-
-def _incoming_request_id(scope: Scope) -> str | None:
-    for name, value in scope["headers"]:
-        if name == b"x-request-id":
-            candidate = value.decode("latin-1")
-            return candidate if _VALID_REQUEST_ID.match(candidate) else None
-    return None
-
-
-class AccessLogMiddleware:
-    """One access log line and one metrics observation per HTTP request.
-
-    Sits inside `RequestIdMiddleware` so the line carries the request id. Labels use the route
-    template (`/orders/{order_id}/`), never the raw path.
+    Outermost, so 413s and CORS refusals are logged and carry the request id too.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -65,34 +45,51 @@ class AccessLogMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        request_id = _incoming_request_id(scope) or uuid.uuid4().hex
+        echoed = (REQUEST_ID_HEADER_BYTES, request_id.encode("ascii"))
+        state: dict[str, Any] = scope.setdefault("state", {})
         # Stays 500 when the app raises before answering: Starlette's outer error handler
         # then sends the 500 without passing through here.
         status = 500
 
-        async def send_recording_status(message: Message) -> None:
+        async def send_with_headers(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                headers = [*message.get("headers", ()), echoed]
+                decision: RateLimitDecision | None = state.get(RATE_LIMIT_STATE_KEY)
+                if decision is not None:
+                    headers += decision.raw_headers
+                message["headers"] = headers
             await send(message)
 
-        try:
-            await self.app(scope, receive, send_recording_status)
-        finally:
-            elapsed = time.perf_counter() - started
-            route = route_template(scope)
-            method: str = scope["method"]
-            observe_http_request(method, route, status, elapsed)
-            extra = {} if route != UNMATCHED_ROUTE else {"path": _loggable_path(scope)}
-            client = scope.get("client")
-            access_logger.info(
-                "http_request",
-                method=method,
-                route=route,
-                status=status,
-                latency_ms=round(elapsed * 1000, 2),
-                client=client[0] if client else None,
-                **extra,
-            )
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            try:
+                await self.app(scope, receive, send_with_headers)
+            finally:
+                elapsed = time.perf_counter() - started
+                route = route_template(scope)
+                method: str = scope["method"]
+                observe_http_request(method, route, status, elapsed)
+                extra = {} if route != UNMATCHED_ROUTE else {"path": _loggable_path(scope)}
+                client = scope.get("client")
+                access_logger.info(
+                    "http_request",
+                    method=method,
+                    route=route,
+                    status=status,
+                    latency_ms=round(elapsed * 1000, 2),
+                    client=client[0] if client else None,
+                    **extra,
+                )
+
+
+def _incoming_request_id(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            candidate = value.decode("latin-1")
+            return candidate if _VALID_REQUEST_ID.match(candidate) else None
+    return None
 
 
 def route_template(scope: Scope) -> str:

@@ -14,7 +14,7 @@ per client per route; the client is the verified JWT subject when a valid token 
 the peer IP), which authentication calls first thing on every protected route, and the dependency
 `limit_auth_per_ip` (AUTH_RATE_LIMIT per IP) on the credential routes. The peer IP is what the
 server resolved: uvicorn honours proxy headers only from FORWARDED_ALLOW_IPS.
-Each decision is left in the request state, where `RateLimitHeadersMiddleware` turns it into
+Each decision is left in the request state, where `oms.middleware.RequestMiddleware` turns it into
 `RateLimit-*` headers on whatever response the route produces, 429 included.
 """
 
@@ -32,8 +32,6 @@ from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.aio.strategies import RateLimiter as WindowLimiter
 from prometheus_client import Counter
-from starlette.datastructures import MutableHeaders
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from oms.config import Settings
 from oms.redis import RedisGuard, RedisUnavailableError, SharedRead
@@ -113,6 +111,15 @@ class RateLimitDecision:
             "RateLimit-Remaining": str(self.remaining),
             "RateLimit-Reset": str(self.reset_after_seconds),
         }
+
+    @property
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """The same, as ASGI header pairs."""
+        return [
+            (b"ratelimit-limit", b"%d" % self.limit),
+            (b"ratelimit-remaining", b"%d" % self.remaining),
+            (b"ratelimit-reset", b"%d" % self.reset_after_seconds),
+        ]
 
     @property
     def retry_after_seconds(self) -> int:
@@ -262,26 +269,3 @@ def _route_of(request: Request) -> str:
 
 def _peer_ip(request: Request) -> str:
     return request.client.host if request.client else "unknown"
-
-
-class RateLimitHeadersMiddleware:
-    """Adds the `RateLimit-*` headers of the request's decision to its response."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        state: dict[str, Any] = scope.setdefault("state", {})
-
-        async def send_with_headers(message: Message) -> None:
-            decision = state.get(STATE_KEY)
-            if message["type"] == "http.response.start" and decision is not None:
-                headers = MutableHeaders(scope=message)
-                for name, value in decision.headers.items():
-                    headers[name] = value
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
