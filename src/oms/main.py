@@ -104,6 +104,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redirect_slashes=False,
         docs_url=None,  # served by add_docs from local assets instead of a CDN
         redoc_url=None,
+        # FastAPI's built-in OpenTelemetry asks the global providers (environment look-ups)
+        # on every request to learn whether anyone configured them; nothing here does.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     register_error_handlers(app)
     # Innermost first. CORS sees the 413s; RequestMiddleware, outermost, sees every response
