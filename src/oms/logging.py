@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any, TextIO
 
+import orjson
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
@@ -105,6 +106,14 @@ _QUIET_LOGGERS = (
 )
 
 
+def _orjson_text(value: Any, **options: Any) -> str:
+    """structlog's JSON lines through orjson: the standard library's encoder was about a quarter of the
+    cost of the access line every request writes."""
+    return orjson.dumps(
+        value, default=options.get("default"), option=orjson.OPT_NON_STR_KEYS
+    ).decode()
+
+
 class _NamedWriteLogger(structlog.WriteLogger):
     """structlog's direct writer, carrying the name `add_logger_name` reports."""
 
@@ -125,7 +134,7 @@ def configure_logging(settings: Settings) -> None:
     if settings.effective_log_format == "console":
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
     else:
-        renderer = structlog.processors.JSONRenderer()
+        renderer = structlog.processors.JSONRenderer(serializer=_orjson_text)
     stream = sys.stdout
 
     def logger_factory(*args: Any) -> _NamedWriteLogger:
