@@ -107,8 +107,8 @@ _QUIET_LOGGERS = (
 
 
 def _orjson_text(value: Any, **options: Any) -> str:
-    """structlog's JSON lines through orjson: the standard library's encoder was about a quarter of the
-    cost of the access line every request writes."""
+    """structlog's JSON lines through orjson: the standard library's encoder was about a
+    quarter of the cost of the access line every request writes."""
     return orjson.dumps(
         value, default=options.get("default"), option=orjson.OPT_NON_STR_KEYS
     ).decode()

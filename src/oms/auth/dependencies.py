@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -12,9 +13,6 @@ from oms.auth.tokens import INVALID_TOKEN, TokenVerifier
 from oms.exceptions import AuthenticationError
 from oms.ratelimit import limit_per_client
 from oms.redis import SharedRead
-
-# auto_error=False: a missing token goes through the one error mapping like any other 401.
-bearer_token = OAuth2PasswordBearer(tokenUrl="/token/", auto_error=False)
 
 
 async def get_password_hasher(request: Request) -> PasswordHasher:
@@ -37,11 +35,14 @@ class AuthenticatedUser:
     """
 
     id: int
+    # The Redis value the route asked for (`BearerAuthentication(read_key=...)`), read in the
+    # rate limit's round trip; None when it asked for none.
+    shared_read: SharedRead | None = None
 
 
 async def authenticate(
     request: Request, token: str | None, read_key: str | None = None
-) -> tuple[AuthenticatedUser, SharedRead | None]:
+) -> AuthenticatedUser:
     """Rate limits the request (per token subject, else per IP), then requires a valid token.
     With `read_key`, the Redis value under it comes back read in the rate limit's round trip."""
     verifier: TokenVerifier = request.app.state.token_verifier
@@ -52,14 +53,25 @@ async def authenticate(
     read = await limit_per_client(request, user_id, read_key)
     if user_id is None:
         raise AuthenticationError(INVALID_TOKEN if token else "Not authenticated")
-    return AuthenticatedUser(user_id), read
+    return AuthenticatedUser(user_id, read)
 
 
-async def get_current_user(
-    request: Request, token: Annotated[str | None, Depends(bearer_token)]
-) -> AuthenticatedUser:
-    return (await authenticate(request, token))[0]
+class BearerAuthentication(OAuth2PasswordBearer):
+    """The OAuth2 bearer scheme (as OpenAPI shows it) and the authentication, in one dependency
+    level: FastAPI solves every level per request, and this one runs on every order route.
+
+    `auto_error=False`: a missing token goes through the one error mapping like any other 401.
+    `read_key`, given the request, names a Redis key to read along with the rate limit (or None).
+    """
+
+    def __init__(self, read_key: Callable[[Request], str | None] | None = None) -> None:
+        super().__init__(tokenUrl="/token/", auto_error=False, scheme_name="OAuth2PasswordBearer")
+        self._read_key = read_key
+
+    async def __call__(self, request: Request) -> AuthenticatedUser:  # type: ignore[override]
+        token = await super().__call__(request)
+        key = self._read_key(request) if self._read_key is not None else None
+        return await authenticate(request, token, key)
 
 
-CurrentUser = Annotated[AuthenticatedUser, Depends(get_current_user)]
-BearerToken = Annotated[str | None, Depends(bearer_token)]
+CurrentUser = Annotated[AuthenticatedUser, Depends(BearerAuthentication())]

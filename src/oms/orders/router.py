@@ -1,15 +1,13 @@
 from __future__ import annotations
 
-import contextlib
 import uuid
-from dataclasses import dataclass
 from functools import partial
 from typing import Annotated
 from urllib.parse import urlencode
 
 from fastapi import Depends, Header, Query, Request, Response, status
 
-from oms.auth.dependencies import AuthenticatedUser, BearerToken, CurrentUser, authenticate
+from oms.auth.dependencies import AuthenticatedUser, BearerAuthentication, CurrentUser
 from oms.cache import Cache, OrderCache
 from oms.db import DbConnection, database_connection
 from oms.exceptions import PermissionDeniedError
@@ -17,7 +15,6 @@ from oms.openapi import error_responses
 from oms.orders import service
 from oms.orders.models import OrderStatus
 from oms.orders.schemas import OrderCreate, OrderOut, OrderStatusUpdate, order_json, orders_json
-from oms.redis import SharedRead
 from oms.routing import SlashOptionalRouter
 
 router = SlashOptionalRouter(prefix="/orders", tags=["orders"])
@@ -81,21 +78,18 @@ async def create_order(
     return Response(created.body, status.HTTP_201_CREATED, headers, JSON)
 
 
-@dataclass(frozen=True, slots=True)
-class AuthenticatedRead:
-    user: AuthenticatedUser
-    cached: SharedRead | None  # the cached copy, read with the rate limit
-
-
-async def authenticate_read(request: Request, token: BearerToken) -> AuthenticatedRead:
-    """Authentication and rate limit as on every route, plus the cached order in the same Redis
-    round trip (before the path is validated, like every route's authentication)."""
+def _cached_order_key(request: Request) -> str | None:
+    """The order's cache key, read with the rate limit (before the path is validated, like every
+    route's authentication; a malformed id reads nothing)."""
     cache: OrderCache = request.app.state.order_cache
-    key = None
-    with contextlib.suppress(ValueError):
-        key = cache.shared_key(uuid.UUID(request.path_params["order_id"]))
-    user, cached = await authenticate(request, token, key)
-    return AuthenticatedRead(user, cached)
+    try:
+        return cache.shared_key(uuid.UUID(request.path_params["order_id"]))
+    except ValueError:
+        return None
+
+
+# Authentication and rate limit as on every route, plus the cached order: one Redis round trip.
+ReadingUser = Annotated[AuthenticatedUser, Depends(BearerAuthentication(_cached_order_key))]
 
 
 @router.get(
@@ -108,19 +102,15 @@ async def authenticate_read(request: Request, token: BearerToken) -> Authenticat
     summary="Read an order",
     operation_id="get_order",
 )
-async def get_order(
-    order_id: uuid.UUID,
-    request: Request,
-    read: Annotated[AuthenticatedRead, Depends(authenticate_read)],
-) -> Response:
+async def get_order(order_id: uuid.UUID, request: Request, user: ReadingUser) -> Response:
     state = request.app.state
     body = await service.get_order_json(
         partial(database_connection, request),
         state.order_cache,
         state.recently_seen_users,
-        read.user.id,
+        user.id,
         order_id,
-        read.cached,
+        user.shared_read,
     )
     return Response(body, media_type=JSON)
 
