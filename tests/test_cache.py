@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -15,7 +16,8 @@ from redis.asyncio import Redis
 from oms.cache import OrderCache, RedisOrderCache, cache_key, version_key
 from oms.redis import SharedRead
 from tests.conftest import ApiUser, create_order, make_settings, register_and_login
-from tests.support.apps import client_for, running_app
+from tests.support.apps import app_client, client_for, running_app
+from tests.support.redis_servers import RedisServerProcess
 
 TTL = 300
 
@@ -183,3 +185,38 @@ async def test_a_slow_get_miss_does_not_overwrite_a_patch(
     assert await redis_db.get(cache_key(uuid.UUID(order["id"]))) == patched.content
     fresh = await client.get(f"/orders/{order['id']}/", headers=user.headers)
     assert fresh.json()["status"] == "PAID"
+
+
+async def test_a_cache_hit_is_one_redis_command(postgres_url: str, tmp_path: Path) -> None:
+    """The rate-limit decision and the cached order come back from one script call: nothing
+    else reaches Redis for a hit (a private server, watched with MONITOR)."""
+    server = RedisServerProcess(tmp_path)
+    server.start()
+    try:
+        settings = make_settings(postgres_url, redis_url=server.url)
+        async with (
+            app_client(settings) as client,
+            Redis.from_url(server.url) as redis,
+            Redis.from_url(server.url) as watcher,
+        ):
+            user = await register_and_login(client)
+            order = await create_order(client, user)
+            url = f"/orders/{order['id']}/"
+            first = await client.get(url, headers=user.headers)  # the miss fills the cache
+            sent: list[str] = []
+            await redis.ping()  # connected before the watch: its HELLO is not part of it
+            async with watcher.monitor() as monitor:
+                hit = await client.get(url, headers=user.headers)
+                await redis.echo("end of the hit")
+                async with asyncio.timeout(5):
+                    async for command in monitor.listen():
+                        if command["command"] == "ECHO end of the hit":
+                            break
+                        if command["client_type"] != "lua":  # not what the script calls
+                            sent.append(command["command"].split()[0])
+    finally:
+        server.stop()
+    assert hit.status_code == 200
+    assert hit.content == first.content
+    assert "ratelimit-remaining" in hit.headers
+    assert sent == ["EVALSHA"]
