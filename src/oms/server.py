@@ -133,7 +133,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def _body_too_slow(self) -> None:
         self._deadline = None
-        self.transport.close()
+        if self.transport.get_protocol() is self:  # not handed over (a WebSocket upgrade)
+            self.transport.close()
 
     def _reject(self, response: bytes) -> None:
         self._disarm()
