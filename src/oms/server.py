@@ -18,6 +18,7 @@ requests, holds memory and connections indefinitely. This protocol adds, per con
 from __future__ import annotations
 
 import asyncio
+import enum
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -45,6 +46,12 @@ _HEADERS_TOO_SLOW = _plain_response("408 Request Timeout", "Request headers not 
 _TOO_MANY_CONNECTIONS = _plain_response("503 Service Unavailable", "Too many connections")
 
 
+class _Phase(enum.Enum):
+    IDLE = "idle"  # between requests
+    HEADERS = "headers"  # a request's line and headers are arriving
+    BODY = "body"  # its body is
+
+
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol plus the limits above (settings read once per process)."""
 
@@ -59,6 +66,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._header_budget: int | None = self._max_header_bytes
         self._headers_received = 0  # requests whose headers were complete, on this connection
         self._deadline: asyncio.TimerHandle | None = None
+        self._phase = _Phase.HEADERS  # a new connection waits for its first request's headers
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         if len(self.connections) >= self._max_connections:
@@ -80,6 +88,16 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self.parser is None or self.transport.is_closing():
             return
+        self._feed(data)
+        # Deadlines are armed only when a read ends mid-request: a request read whole in one
+        # go (the usual case) creates no timer at all.
+        if self._deadline is None and not self.transport.is_closing():
+            if self._phase is _Phase.HEADERS:
+                self._arm(self._header_timeout, self._headers_too_slow)
+            elif self._phase is _Phase.BODY:
+                self._arm(self._body_timeout, self._body_too_slow)
+
+    def _feed(self, data: bytes) -> None:
         budget = self._header_budget
         if budget is None:
             super().data_received(data)
@@ -97,22 +115,23 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             if self._headers_received == headers_before:
                 self._reject(_HEADERS_TOO_LARGE)
                 return
-            self.data_received(data[budget:])
+            self._feed(data[budget:])
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        if self._deadline is None:  # a later request on the connection: its own deadline
-            self._arm(self._header_timeout, self._headers_too_slow)
+        self._phase = _Phase.HEADERS
 
     def on_headers_complete(self) -> None:
         self._header_budget = None
         self._headers_received += 1
-        self._arm(self._body_timeout, self._body_too_slow)
+        self._phase = _Phase.BODY
+        self._disarm()
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         self._disarm()
         self._header_budget = self._max_header_bytes  # the next request's
+        self._phase = _Phase.IDLE  # until its first byte (uvicorn's keep-alive timeout)
         super().on_message_complete()
 
     def _arm(self, seconds: float, callback: Any) -> None:
