@@ -42,7 +42,7 @@ def _dev(settings: Settings, args: argparse.Namespace) -> int:
         proxy_headers=True,  # the rate limiter's client IP, from FORWARDED_ALLOW_IPS only
         forwarded_allow_ips=",".join(settings.forwarded_allow_ips),
         log_config=None,
-        access_log=False,  # AccessLogMiddleware writes one line per request instead
+        access_log=False,  # RequestMiddleware writes one line per request instead
     )
     return 0
 
@@ -70,7 +70,7 @@ def _api(settings: Settings, args: argparse.Namespace) -> int:
             forwarded_allow_ips=",".join(settings.forwarded_allow_ips),
             timeout_graceful_shutdown=20,
             log_config=None,
-            access_log=False,  # AccessLogMiddleware writes one line per request instead
+            access_log=False,  # RequestMiddleware writes one line per request instead
         )
     return 0
 

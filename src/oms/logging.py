@@ -169,7 +169,7 @@ def configure_logging(settings: Settings) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "celery", "alembic"):
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
-    # uvicorn's access line lacks the request id and the route: AccessLogMiddleware logs its own.
+    # uvicorn's access line lacks the request id and the route: RequestMiddleware logs its own.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     quiet_level = max(logging.WARNING, logging.getLevelName(settings.log_level))
     for name in _QUIET_LOGGERS:
