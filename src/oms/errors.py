@@ -159,7 +159,7 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _rate_limited(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RateLimitExceededError)
-    # The RateLimit-* headers come from RateLimitHeadersMiddleware, as on every limited route.
+    # The RateLimit-* headers come from RequestMiddleware, as on every limited route.
     retry_after = exc.decision.retry_after_seconds
     return error_response(
         429,
