@@ -20,6 +20,7 @@ import asyncio
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import tempfile
@@ -32,13 +33,13 @@ from typing import Any
 import aio_pika
 import psycopg
 import redis
+from tests.support.redis_server import RedisServer
+from tests.support.services import fresh_postgres_database
 
 from oms import migrate
 from oms.config import Settings
 from oms.events.rabbitmq import dead_letter_queue_name, declare_topology
 from oms.events.schemas import NEW_ORDER
-from tests.support.redis_server import RedisServer
-from tests.support.services import fresh_postgres_database
 
 RABBITMQ_URL = os.environ.get("OMS_BENCH_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -60,7 +61,7 @@ def seed_orders(db_url: str, count: int) -> list[tuple[uuid.UUID, uuid.UUID]]:
         db.execute(
             "INSERT INTO orders (id, user_id, items, total_price, status, version,"
             " created_at, updated_at)"
-            " SELECT id, %s, '[{\"product_id\": \"SKU-1\", \"quantity\": 1, \"price\": \"9.99\"}]',"
+            ' SELECT id, %s, \'[{"product_id": "SKU-1", "quantity": 1, "price": "9.99"}]\','
             " 9.99, 'PENDING', 1, now(), now() FROM unnest(%s::uuid[]) AS id",
             (user_id, [order_id for order_id, _ in pairs]),
         )
@@ -153,8 +154,11 @@ def drain(
     with log_path.open("wb") as log_file:
         started_at = datetime.now(UTC)
         began = time.monotonic()
-        process = subprocess.Popen(  # noqa: S603 - our own CLI
-            [sys.executable, "-m", "oms.cli", "consumer"],
+        # OMS_BENCH_PROFILE=stacks.txt: sample the consumer with py-spy (collapsed stacks).
+        profile = os.environ.get("OMS_BENCH_PROFILE")
+        spy = ["py-spy", "record", "-r", "250", "-f", "raw", "-o", profile, "--"] if profile else []
+        process = subprocess.Popen(  # noqa: S603 - our own CLI, optionally under py-spy
+            [*spy, sys.executable, "-m", "oms.cli", "consumer"],
             env={"PATH": os.environ.get("PATH", ""), **env},
             cwd=cwd,
             stdout=log_file,
@@ -172,12 +176,17 @@ def drain(
                     if time.monotonic() > deadline or process.poll() is not None:
                         raise RuntimeError(f"drained {done}/{events}; see {log_path}")
                     time.sleep(0.05)
-                first, last = db.execute("SELECT min(received_at), max(received_at) FROM inbox").fetchone()  # type: ignore[misc]
+                first, last = db.execute(
+                    "SELECT min(received_at), max(received_at) FROM inbox"
+                ).fetchone()  # type: ignore[misc]
                 dispatched = db.execute(
                     "SELECT count(*) FROM orders WHERE dispatched_at IS NOT NULL"
                 ).fetchone()[0]  # type: ignore[index]
         finally:
-            process.terminate()
+            if profile:
+                process.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+            else:
+                process.terminate()
             process.wait(30)
     queued = redis.Redis.from_url(redis_server.url(1)).llen(settings.celery_queue)
     if not (dispatched == queued == events):

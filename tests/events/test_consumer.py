@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -37,6 +37,18 @@ class FlakyDispatcher:
         self.calls.append((order_id, request_id))
         if len(self.calls) <= self.failures:
             raise DispatchError("Celery broker unreachable")
+
+    async def dispatch_many(
+        self, orders: Sequence[tuple[uuid.UUID, str | None]]
+    ) -> list[DispatchError | None]:
+        results: list[DispatchError | None] = []
+        for order_id, request_id in orders:
+            try:
+                await self.dispatch(order_id, request_id)
+                results.append(None)
+            except DispatchError as error:
+                results.append(error)
+        return results
 
     async def close(self) -> None:
         return None
