@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -111,7 +112,11 @@ class NewOrderHandler:
         if len(self._queued) >= self._batch_size:
             self._full.set()
         if self._batches is None:
-            self._batches = asyncio.create_task(self._run_batches(), name="consumer-batches")
+            # A context of its own: the batch serves many events, so it must not log with the
+            # request id of the one that happened to start it.
+            self._batches = asyncio.create_task(
+                self._run_batches(), name="consumer-batches", context=contextvars.Context()
+            )
 
     async def _run_batches(self) -> None:
         try:
