@@ -11,6 +11,7 @@ broker and a fresh PostgreSQL database, and times the drain:
 Every message is handed off exactly once (inbox rows = N, Celery queue length = N) or the run
 fails. Usage:
     uv run python -m bench.consumer [--events 20000] [--repeat 1] [--env KEY=VALUE ...]
+    uv run python -m bench.consumer --events 2000 --rate 200   # publish -> hand-off p50/p99
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import os
 import secrets
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -68,15 +70,25 @@ def seed_orders(db_url: str, count: int) -> list[tuple[uuid.UUID, uuid.UUID]]:
     return pairs
 
 
-async def preload(settings: Settings, pairs: list[tuple[uuid.UUID, uuid.UUID]]) -> None:
+async def preload(
+    settings: Settings, pairs: list[tuple[uuid.UUID, uuid.UUID]], rate: float | None = None
+) -> dict[uuid.UUID, datetime]:
+    """Publish one event per (order, event id), confirmed; at `rate` per second if given (one
+    at a time), else in confirmed groups of 1 000. Returns when each order's event was sent."""
+    sent: dict[uuid.UUID, datetime] = {}
     connection = await aio_pika.connect(RABBITMQ_URL, timeout=5)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
         topology = await declare_topology(channel, settings)
         occurred = datetime.now(UTC).isoformat()
-        for start in range(0, len(pairs), 1000):
+        step = 1 if rate else 1000
+        began = time.monotonic()
+        for start in range(0, len(pairs), step):
+            if rate:
+                await asyncio.sleep(max(0.0, began + start / rate - time.monotonic()))
             messages = []
-            for index, (order_id, event_id) in enumerate(pairs[start : start + 1000], start):
+            for index, (order_id, event_id) in enumerate(pairs[start : start + step], start):
+                sent[order_id] = datetime.now(UTC)
                 body = json.dumps(
                     {
                         "event_id": str(event_id),
@@ -101,6 +113,7 @@ async def preload(settings: Settings, pairs: list[tuple[uuid.UUID, uuid.UUID]]) 
             await asyncio.gather(
                 *(topology.exchange.publish(m, routing_key=NEW_ORDER) for m in messages)
             )
+    return sent
 
 
 async def delete_queues(settings: Settings) -> None:
@@ -112,7 +125,7 @@ async def delete_queues(settings: Settings) -> None:
         await channel.exchange_delete(settings.rabbitmq_exchange)
 
 
-def run_once(events: int, overrides: dict[str, str]) -> dict[str, Any]:
+def run_once(events: int, overrides: dict[str, str], rate: float | None) -> dict[str, Any]:
     suffix = uuid.uuid4().hex[:10]
     workdir = Path(tempfile.mkdtemp())
     redis_server = RedisServer(workdir).start()
@@ -133,8 +146,10 @@ def run_once(events: int, overrides: dict[str, str]) -> dict[str, Any]:
             }
             settings = Settings(_env_file=None, **{k.lower(): v for k, v in env.items()})  # type: ignore[call-arg]
             pairs = seed_orders(db_url, events)
-            asyncio.run(preload(settings, pairs))
             try:
+                if rate:
+                    return live(env, db_url, settings, pairs, rate, str(workdir))
+                asyncio.run(preload(settings, pairs))
                 return drain(env, db_url, redis_server, settings, events, str(workdir))
             finally:
                 asyncio.run(delete_queues(settings))
@@ -197,7 +212,46 @@ def drain(
         "events_per_second": round(events / max((last - first).total_seconds(), 1e-6)),
         "wall_events_per_second": round(events / wall),
         "cpu_percent": round(100 * cpu / (time.monotonic() - began)),
-        "overrides": env and {k: v for k, v in env.items() if k.startswith("CONSUMER_")},
+        "overrides": {k: v for k, v in env.items() if k.startswith("CONSUMER_")},
+    }
+
+
+def live(
+    env: dict[str, str],
+    db_url: str,
+    settings: Settings,
+    pairs: list[tuple[uuid.UUID, uuid.UUID]],
+    rate: float,
+    cwd: str,
+) -> dict[str, Any]:
+    """Events arriving at `rate` per second: publish -> hand-off latency (`dispatched_at`)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "oms.cli", "consumer"],
+        env={"PATH": os.environ.get("PATH", ""), **env},
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(3)  # connected and consuming
+        sent = asyncio.run(preload(settings, pairs, rate))
+        with psycopg.connect(db_url, autocommit=True) as db:
+            deadline = time.monotonic() + 30
+            query = "SELECT id, dispatched_at FROM orders WHERE dispatched_at IS NOT NULL"
+            while len(rows := db.execute(query).fetchall()) < len(pairs):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"handed off {len(rows)}/{len(pairs)}")
+                time.sleep(0.1)
+    finally:
+        process.terminate()
+        process.wait(30)
+    latencies = sorted((at - sent[order_id]).total_seconds() * 1000 for order_id, at in rows)
+    return {
+        "events": len(pairs),
+        "rate": rate,
+        "handoff_ms_p50": round(statistics.median(latencies), 1),
+        "handoff_ms_p99": round(latencies[int(0.99 * (len(latencies) - 1))], 1),
+        "overrides": {k: v for k, v in env.items() if k.startswith("CONSUMER_")},
     }
 
 
@@ -205,11 +259,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument(
+        "--rate", type=float, help="publish at this rate with the consumer running: latency"
+    )
     parser.add_argument("--env", nargs="*", default=[], help="KEY=VALUE for the consumer")
     args = parser.parse_args()
     overrides = dict(item.split("=", 1) for item in args.env)
     for _ in range(args.repeat):
-        print(json.dumps(run_once(args.events, overrides)), flush=True)
+        print(json.dumps(run_once(args.events, overrides, args.rate)), flush=True)
 
 
 if __name__ == "__main__":

@@ -109,7 +109,7 @@ class Settings(BaseSettings):
     consumer_prefetch: int = Field(512, ge=1, le=5000)
     consumer_batch_size: int = Field(256, ge=1, le=2000)
     # How long a batch waits to fill up before it goes out anyway (latency at low rates).
-    consumer_batch_wait_seconds: float = Field(0.005, ge=0, le=1)
+    consumer_batch_wait_seconds: float = Field(0.001, ge=0, le=1)
     consumer_max_attempts: int = Field(5, ge=1, le=100)
     consumer_retry_base_seconds: float = Field(0.5, ge=0, le=60)
     consumer_retry_max_seconds: float = Field(8.0, ge=0, le=600)
