@@ -79,7 +79,7 @@ async def preload(
     connection = await aio_pika.connect(RABBITMQ_URL, timeout=5)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
-        topology = await declare_topology(channel, settings)
+        topology = await declare_topology(connection, channel, settings)
         occurred = datetime.now(UTC).isoformat()
         step = 1 if rate else 1000
         began = time.monotonic()
