@@ -107,8 +107,12 @@ class Settings(BaseSettings):
     sweeper_interval_seconds: float = Field(5.0, gt=0, le=3600)
     sweeper_batch_size: int = Field(500, ge=1, le=10_000)
 
-    # Each message in progress holds a database connection: keep it within the pool size.
-    consumer_prefetch: int = Field(16, ge=1, le=1000)
+    # Unacked messages per consumer; about twice the batch size, so the next batch fills while
+    # one is handed off. A consumer holds one database connection (one batch at a time).
+    consumer_prefetch: int = Field(512, ge=1, le=5000)
+    consumer_batch_size: int = Field(256, ge=1, le=2000)
+    # How long a batch waits to fill up before it goes out anyway (latency at low rates).
+    consumer_batch_wait_seconds: float = Field(0.001, ge=0, le=1)
     consumer_max_attempts: int = Field(5, ge=1, le=100)
     consumer_retry_base_seconds: float = Field(0.5, ge=0, le=60)
     consumer_retry_max_seconds: float = Field(8.0, ge=0, le=600)

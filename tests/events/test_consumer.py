@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -38,6 +38,18 @@ class FlakyDispatcher:
         if len(self.calls) <= self.failures:
             raise DispatchError("Celery broker unreachable")
 
+    async def dispatch_many(
+        self, orders: Sequence[tuple[uuid.UUID, str | None]]
+    ) -> list[DispatchError | None]:
+        results: list[DispatchError | None] = []
+        for order_id, request_id in orders:
+            try:
+                await self.dispatch(order_id, request_id)
+                results.append(None)
+            except DispatchError as error:
+                results.append(error)
+        return results
+
     async def close(self) -> None:
         return None
 
@@ -66,10 +78,15 @@ def failures() -> int:
 
 
 @pytest.fixture
-async def harness(settings: Settings, failures: int) -> AsyncIterator[Harness]:
+def prefetch() -> int:
+    return 2
+
+
+@pytest.fixture
+async def harness(settings: Settings, failures: int, prefetch: int) -> AsyncIterator[Harness]:
     engine = create_engine(settings)
     sessionmaker = create_sessionmaker(engine)
-    bus = InProcessBus(prefetch=2)
+    bus = InProcessBus(prefetch=prefetch)
     dispatcher = FlakyDispatcher(failures)
     await bus.start_consuming(NewOrderHandler(settings, sessionmaker, dispatcher).handle)
     yield Harness(bus, dispatcher, sessionmaker)
@@ -143,3 +160,37 @@ async def test_after_five_failed_attempts_the_message_is_dead_lettered(
     assert len(harness.dispatcher.calls) == 5
     assert harness.bus.dead_letters[0].headers[ATTEMPT_HEADER] == 5
     assert await harness.inbox() == []
+
+
+def order_of(event: OutgoingEvent) -> uuid.UUID:
+    return NewOrderEvent.model_validate_json(event.body).order_id
+
+
+@pytest.mark.parametrize("prefetch", [16])
+async def test_copies_of_an_event_in_one_batch_are_handed_off_once(harness: Harness) -> None:
+    event, other, marker = new_order_event(), new_order_event(), new_order_event()
+    await harness.bus.publish_batch([event, event, other, event])
+    await harness.bus.publish_batch([marker])  # handed off after the copies were settled
+    await eventually(lambda: len(harness.dispatcher.calls) == 3, 15)
+    await eventually(lambda: _count(harness.inbox, 3), 15)
+    assert sorted(call[0] for call in harness.dispatcher.calls) == sorted(
+        order_of(e) for e in (event, other, marker)
+    )
+    assert harness.bus.dead_letters == []
+
+
+@pytest.mark.parametrize(("prefetch", "failures"), [(16, 1)])
+async def test_a_failed_hand_off_in_a_batch_is_retried_alone(harness: Harness) -> None:
+    events = [new_order_event() for _ in range(3)]
+    await harness.bus.publish_batch(events)
+    await eventually(lambda: _count(harness.inbox, 3), 15)
+    # The first hand-off failed: its order was tried again, the two others once each.
+    calls = [call[0] for call in harness.dispatcher.calls]
+    assert len(calls) == 4
+    assert calls.count(order_of(events[0])) == 2
+    assert set(calls) == {order_of(e) for e in events}
+    assert sorted(await harness.inbox()) == sorted(e.event_id for e in events)
+
+
+async def _count(rows: Callable[[], Awaitable[list[uuid.UUID]]], expected: int) -> bool:
+    return len(await rows()) == expected

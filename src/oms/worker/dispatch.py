@@ -39,9 +39,17 @@ class DispatchError(Exception):
     """The task could not be handed off; nothing was queued, or it is unknown whether it was."""
 
 
+# What the consumer hands to `process_order`: the order and the request it came from.
+Handoff = tuple[uuid.UUID, str | None]
+
+
 class TaskDispatcher(Protocol):
     async def dispatch(self, order_id: uuid.UUID, request_id: str | None) -> None:
         """Return once the task is safely queued; raise `DispatchError` otherwise."""
+
+    async def dispatch_many(self, orders: Sequence[Handoff]) -> list[DispatchError | None]:
+        """Queue a task for each (order id, request id); one entry per order: None once its
+        task is safely queued, else why not. Never raises for a broker failure."""
 
     async def pending(self, order_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
         """Of these orders, those whose task still waits in the queue or runs in a worker;
@@ -85,6 +93,44 @@ class CeleryDispatcher:
             self._waiting.discard([order_id])
             raise
 
+    def _send_many(
+        self, orders: Sequence[Handoff], sent: list[uuid.UUID], give_up: threading.Event
+    ) -> None:
+        """Mark the orders waiting (one round trip, before the publish as in `_send`), publish
+        the tasks over one pooled producer in one Redis round trip (kombu's `Producer.batch()`:
+        a pipeline of LPUSHes flushed when the block exits), then add every order to `sent`.
+        Any error, or the caller's timeout giving up first, discards the unflushed batch and
+        the marks: nothing of it is queued. The flush itself is not retried (kombu will not
+        replay a pipeline that may have run in part): a failed batch takes the consumer's
+        per-message retry path instead."""
+        from oms.worker.celery_app import app
+        from oms.worker.tasks import process_order
+
+        order_ids = [order_id for order_id, _ in orders]
+        try:
+            self._waiting.add(order_ids)
+        except redis.RedisError as error:
+            log.warning("Tasks not marked waiting; publishing them all the same", error=str(error))
+        try:
+            with (
+                app.producer_or_acquire() as producer,
+                producer.batch(max_size=len(orders) or 1),
+            ):
+                for order_id, request_id in orders:
+                    process_order.apply_async(
+                        args=(str(order_id),),
+                        kwargs={"request_id": request_id},
+                        producer=producer,
+                        retry=True,
+                        retry_policy=CELERY_RETRY_POLICY,
+                    )
+                if give_up.is_set():
+                    raise DispatchError("gave up before publishing")
+        except BaseException:
+            self._waiting.discard(order_ids)
+            raise
+        sent.extend(order_ids)
+
     async def _in_thread(self, function: Callable[..., T], *args: object) -> T:
         loop = asyncio.get_running_loop()
         call = functools.partial(contextvars.copy_context().run, function, *args)
@@ -97,6 +143,21 @@ class CeleryDispatcher:
 
     async def dispatch(self, order_id: uuid.UUID, request_id: str | None) -> None:
         await self._in_thread(self._send, order_id, request_id)
+
+    async def dispatch_many(self, orders: Sequence[Handoff]) -> list[DispatchError | None]:
+        sent: list[uuid.UUID] = []
+        give_up = threading.Event()
+        failure: DispatchError | None = None
+        try:
+            await self._in_thread(self._send_many, orders, sent, give_up)
+        except DispatchError as error:
+            # A batch flushed while the timeout expired, or whose pipeline broke half way, may
+            # be queued in part and still reported failed: its retry is a second task for
+            # those orders, which the task recognises and skips (at least once, effect once).
+            give_up.set()
+            failure = error
+        done = set(sent)
+        return [None if order_id in done else failure for order_id, _ in orders]
 
     async def pending(self, order_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
         return await self._in_thread(self._waiting.pending, order_ids)
@@ -149,6 +210,16 @@ class ThreadDispatcher:
             with self._queued_lock:
                 self._queued.discard(order_id)
             raise DispatchError(str(error)) from error
+
+    async def dispatch_many(self, orders: Sequence[Handoff]) -> list[DispatchError | None]:
+        results: list[DispatchError | None] = []
+        for order_id, request_id in orders:
+            try:
+                await self.dispatch(order_id, request_id)
+                results.append(None)
+            except DispatchError as error:
+                results.append(error)
+        return results
 
     async def pending(self, order_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
         with self._queued_lock:
