@@ -146,9 +146,7 @@ def main() -> None:
     parser.add_argument("--processed-orders", type=int, default=100)
     parser.add_argument("--processed-rate", type=float, default=20.0)
     parser.add_argument("--worker-concurrency", type=int, default=64)
-    parser.add_argument(
-        "--consumers", type=int, default=2, help="consumer processes (one hands off ~170/s here)"
-    )
+    parser.add_argument("--consumers", type=int, default=1, help="consumer processes")
     parser.add_argument("--drain", type=int, nargs="*", default=[10_000, 100_000])
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
