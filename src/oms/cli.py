@@ -130,12 +130,17 @@ def _celery_worker(settings: Settings, concurrency: int) -> int:
     """The Celery worker; SIGTERM is Celery's warm shutdown (tasks in progress finish)."""
     from celery import signals
 
+    from oms import tracing
     from oms.events.metrics import serve_metrics
     from oms.worker.celery_app import configure_celery, log_like_oms
     from oms.worker.watchdog import Watchdog
 
     app = configure_celery(settings)
     log_like_oms()
+    # Before the pool starts: the threads pool shares it; prefork children inherit it (the SDK
+    # restarts its export thread after a fork).
+    tracing.setup(settings, "oms-worker")
+    tracing.instrument_celery_worker()
     watchdog = Watchdog(settings, concurrency)
     # Watching starts once the worker consumes; startup time is not a stall.
     signals.worker_ready.connect(lambda **_: watchdog.start(), weak=False)

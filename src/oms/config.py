@@ -145,6 +145,12 @@ class Settings(BaseSettings):
     log_level: LogLevel = "INFO"
     log_format: LogFormat | None = None
 
+    # Tracing (oms.tracing) is on when either is set; the other OTEL_* variables are read by
+    # the OpenTelemetry SDK itself. TRACES_FILE: where OTEL_TRACES_EXPORTER=console writes.
+    otel_exporter_otlp_endpoint: str | None = None
+    otel_traces_exporter: str | None = None
+    traces_file: str | None = None
+
     @field_validator("cors_origins", "forwarded_allow_ips", mode="before")
     @classmethod
     def _split_comma_separated(cls, value: object) -> object:

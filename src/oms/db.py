@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
 
+from oms import tracing
 from oms.config import Settings
 
 _log = structlog.get_logger(__name__)
@@ -99,6 +100,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
             json_deserializer=orjson.loads,
         )
         serialise_sqlite_writers(engine.sync_engine)
+        tracing.instrument_engine(engine.sync_engine)
         return engine
     engine = create_async_engine(
         settings.database_url,
@@ -115,6 +117,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         },
     )
     _ping_idle_connections(engine, settings.db_pool_ping_idle_seconds)
+    tracing.instrument_engine(engine.sync_engine)  # a span per statement, when tracing is on
     return engine
 
 

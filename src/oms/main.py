@@ -5,9 +5,11 @@ from __future__ import annotations
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import Depends, FastAPI
 
+from oms import tracing
 from oms.auth.passwords import PasswordHasher
 from oms.auth.router import router as auth_router
 from oms.auth.service import RecentlySeenUsers
@@ -32,6 +34,9 @@ from oms.orders.router import router as orders_router
 from oms.ratelimit import RateLimiter, limit_auth_per_ip
 from oms.redis import RedisGuard, create_redis_client
 
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+
 DESCRIPTION = """
 Order management service. Register, obtain a bearer token from `/token/` (OAuth2 password
 flow; *Authorize* above), then create, read, update and list your orders.
@@ -51,7 +56,10 @@ def _settle_garbage_collector() -> None:
     gc.set_threshold(10_000, *gc.get_threshold()[1:])
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, tracer_provider: TracerProvider | None = None
+) -> FastAPI:
+    """The app; traced with `tracer_provider` if given, else as the OTEL_* settings say."""
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -105,7 +113,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,  # served by add_docs from local assets instead of a CDN
         redoc_url=None,
         # FastAPI's built-in OpenTelemetry asks the global providers (environment look-ups)
-        # on every request to learn whether anyone configured them; nothing here does.
+        # on every request to learn whether anyone configured them; tracing, when on, is
+        # oms.tracing's instrumentation instead (nothing at all per request when off).
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     register_error_handlers(app)
@@ -119,6 +128,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth_router, dependencies=[Depends(limit_auth_per_ip)])
     app.include_router(orders_router)  # rate limited by its authentication (CurrentUser)
     add_docs(app)  # not rate limited either
+    # Outermost, so the server span covers the whole request; absent when tracing is off.
+    tracing.instrument_app(app, tracer_provider or tracing.setup(settings, "oms-api"))
     return app
 
 

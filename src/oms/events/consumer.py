@@ -21,12 +21,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import structlog
+from opentelemetry.trace import Span
 from pydantic import ValidationError
 from sqlalchemy import delete, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from oms import tracing
 from oms.config import Settings
 from oms.db import utcnow
 from oms.events.bus import REQUEST_ID_HEADER, Delivery, attempt_of
@@ -57,6 +59,7 @@ class _Pending:
 
     event: NewOrderEvent
     request_id: str | None
+    span: Span | None  # this event's hand-off span, when tracing is on
     outcome: asyncio.Future[tuple[Outcome, Exception | None]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -102,10 +105,16 @@ class NewOrderHandler:
             with structlog.contextvars.bound_contextvars(
                 event_id=str(event.event_id), order_id=str(event.order_id)
             ):
-                pending = _Pending(event, request_id)
+                span = tracing.start_consumer_span(delivery.headers, delivery.message_id)
+                pending = _Pending(event, request_id, span)
                 self._enqueue(pending)
-                outcome, failure = await asyncio.shield(pending.outcome)
-                await self._settle(delivery, outcome, failure)
+                try:
+                    outcome, failure = await asyncio.shield(pending.outcome)
+                    tracing.outcome(span, outcome, failure)
+                    await self._settle(delivery, outcome, failure)
+                finally:
+                    if span is not None:
+                        span.end()
 
     def _enqueue(self, pending: _Pending) -> None:
         self._queued.append(pending)
@@ -162,9 +171,13 @@ class NewOrderHandler:
                         pending.settle("duplicate")
                         duplicates += 1
                 fresh = [firsts[event_id] for event_id in firsts if event_id in new]
-                results = await self._dispatcher.dispatch_many(
-                    [(p.event.order_id, p.request_id) for p in fresh]
-                )
+                orders = [(p.event.order_id, p.request_id) for p in fresh]
+                if tracing.active():  # each task continues its own event's trace
+                    results = await self._dispatcher.dispatch_many(
+                        orders, trace_headers=[tracing.headers_for(p.span) for p in fresh]
+                    )
+                else:
+                    results = await self._dispatcher.dispatch_many(orders)
                 dispatched = True
                 for pending, error in zip(fresh, results, strict=True):
                     (handed_off if error is None else failed).append(pending)
@@ -281,6 +294,7 @@ async def run_consumer(settings: Settings) -> int:
     from oms.events.rabbitmq import RabbitBus
 
     serve_metrics(settings)
+    tracing.setup(settings, "oms-consumer")
     stop = stop_on_signals()
     engine = create_engine(settings)
     dispatcher = build_dispatcher(settings)

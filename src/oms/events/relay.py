@@ -27,6 +27,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from oms import tracing
 from oms.config import Settings
 from oms.db import as_datetime, utcnow
 from oms.events.bus import EventPublisher, OutgoingEvent
@@ -89,7 +90,11 @@ class Relay:
             )
             if not rows:
                 return RoundResult(0, 0)
-            results = await self._publisher.publish_batch([to_outgoing(row) for row in rows])
+            with tracing.publish_spans([to_outgoing(row) for row in rows]) as (events, spans):
+                results = await self._publisher.publish_batch(events)
+                for span, error in zip(spans, results, strict=False):
+                    if error is not None:
+                        tracing.fail(span, error)
             now = utcnow()
             first_error: str | None = None
             for row, error in zip(rows, results, strict=True):
@@ -212,6 +217,7 @@ async def run_relay(settings: Settings) -> int:
     from oms.events.sweeper import Sweeper
 
     serve_metrics(settings)
+    tracing.setup(settings, "oms-relay")
     stop = stop_on_signals()
     engine = create_engine(settings)
     sessionmaker = create_sessionmaker(engine)

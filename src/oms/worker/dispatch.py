@@ -11,7 +11,7 @@ import contextvars
 import functools
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar
 
@@ -47,9 +47,14 @@ class TaskDispatcher(Protocol):
     async def dispatch(self, order_id: uuid.UUID, request_id: str | None) -> None:
         """Return once the task is safely queued; raise `DispatchError` otherwise."""
 
-    async def dispatch_many(self, orders: Sequence[Handoff]) -> list[DispatchError | None]:
+    async def dispatch_many(
+        self,
+        orders: Sequence[Handoff],
+        trace_headers: Sequence[Mapping[str, str]] | None = None,
+    ) -> list[DispatchError | None]:
         """Queue a task for each (order id, request id); one entry per order: None once its
-        task is safely queued, else why not. Never raises for a broker failure."""
+        task is safely queued, else why not. Never raises for a broker failure.
+        `trace_headers`, one per order, go into the task messages (W3C trace context)."""
 
     async def pending(self, order_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
         """Of these orders, those whose task still waits in the queue or runs in a worker;
@@ -94,7 +99,11 @@ class CeleryDispatcher:
             raise
 
     def _send_many(
-        self, orders: Sequence[Handoff], sent: list[uuid.UUID], give_up: threading.Event
+        self,
+        orders: Sequence[Handoff],
+        trace_headers: Sequence[Mapping[str, str]] | None,
+        sent: list[uuid.UUID],
+        give_up: threading.Event,
     ) -> None:
         """Mark the orders waiting (one round trip, before the publish as in `_send`), publish
         the tasks over one pooled producer in one Redis round trip (kombu's `Producer.batch()`:
@@ -116,10 +125,11 @@ class CeleryDispatcher:
                 app.producer_or_acquire() as producer,
                 producer.batch(max_size=len(orders) or 1),
             ):
-                for order_id, request_id in orders:
+                for index, (order_id, request_id) in enumerate(orders):
                     process_order.apply_async(
                         args=(str(order_id),),
                         kwargs={"request_id": request_id},
+                        headers=dict(trace_headers[index]) if trace_headers else {},
                         producer=producer,
                         retry=True,
                         retry_policy=CELERY_RETRY_POLICY,
@@ -144,12 +154,16 @@ class CeleryDispatcher:
     async def dispatch(self, order_id: uuid.UUID, request_id: str | None) -> None:
         await self._in_thread(self._send, order_id, request_id)
 
-    async def dispatch_many(self, orders: Sequence[Handoff]) -> list[DispatchError | None]:
+    async def dispatch_many(
+        self,
+        orders: Sequence[Handoff],
+        trace_headers: Sequence[Mapping[str, str]] | None = None,
+    ) -> list[DispatchError | None]:
         sent: list[uuid.UUID] = []
         give_up = threading.Event()
         failure: DispatchError | None = None
         try:
-            await self._in_thread(self._send_many, orders, sent, give_up)
+            await self._in_thread(self._send_many, orders, trace_headers, sent, give_up)
         except DispatchError as error:
             # A batch flushed while the timeout expired, or whose pipeline broke half way, may
             # be queued in part and still reported failed: its retry is a second task for
@@ -211,7 +225,12 @@ class ThreadDispatcher:
                 self._queued.discard(order_id)
             raise DispatchError(str(error)) from error
 
-    async def dispatch_many(self, orders: Sequence[Handoff]) -> list[DispatchError | None]:
+    async def dispatch_many(
+        self,
+        orders: Sequence[Handoff],
+        trace_headers: Sequence[Mapping[str, str]] | None = None,
+    ) -> list[DispatchError | None]:
+        # Embedded: the task runs in this process, outside the trace (no message to carry it).
         results: list[DispatchError | None] = []
         for order_id, request_id in orders:
             try:
