@@ -105,3 +105,8 @@ async def test_an_order_is_one_trace_across_every_role(
     assert task["parent_id"] == hand_off["context"]["span_id"]
     assert hand_off["attributes"]["oms.outcome"] == "handed_off"
     assert task["status"]["status_code"] == "UNSET"
+    # The task's SQL statements (SQLAlchemy's instrumentation) are its children.
+    worker_children = [
+        s for s in _spans(files["worker"]) if s["parent_id"] == task["context"]["span_id"]
+    ]
+    assert worker_children, _spans(files["worker"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import make_url
 
+from oms import tracing
 from oms.config import Settings
 from oms.db import serialise_sqlite_writers
 
@@ -26,9 +27,10 @@ def create_sync_engine(settings: Settings, pool_size: int) -> Engine:
     if settings.is_sqlite:
         engine = create_engine(url, connect_args={"timeout": settings.db_statement_timeout_seconds})
         serialise_sqlite_writers(engine)
+        tracing.instrument_engine(engine)
         return engine
     statement_timeout_ms = int(settings.db_statement_timeout_seconds * 1000)
-    return create_engine(
+    engine = create_engine(
         url,
         pool_size=min(pool_size, settings.db_pool_size),
         max_overflow=settings.db_max_overflow,
@@ -41,3 +43,5 @@ def create_sync_engine(settings: Settings, pool_size: int) -> Engine:
             "application_name": "oms-worker",
         },
     )
+    tracing.instrument_engine(engine)  # the task's statements as its child spans, when on
+    return engine
