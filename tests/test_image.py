@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import subprocess
@@ -26,7 +25,7 @@ import pytest
 
 from oms.events.rabbitmq import dead_letter_queue_name
 from tests.conftest import ITEM, TEST_SECRET, register_and_login
-from tests.support.processes import eventually, free_port
+from tests.support.processes import eventually, free_port, json_records
 from tests.support.redis_server import RedisServer
 from tests.support.services import IN_CI, fresh_postgres_database
 
@@ -121,15 +120,7 @@ class Containers:
         return result.stdout + result.stderr
 
     def records(self, name: str) -> list[dict[str, object]]:
-        records = []
-        for line in self.logs(name).splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-        return records
+        return json_records(self.logs(name).splitlines())
 
     def running(self, name: str) -> bool:
         state = _podman("inspect", "--format", "{{.State.Running}}", name)

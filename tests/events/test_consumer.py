@@ -21,7 +21,7 @@ from oms.events.consumer import NewOrderHandler
 from oms.events.models import InboxEvent
 from oms.events.schemas import NewOrderEvent
 from oms.orders.schemas import OrderItem
-from oms.worker.dispatch import DispatchError
+from oms.worker.dispatch import DispatchError, dispatch_each
 from tests.conftest import make_settings
 from tests.support.processes import eventually
 
@@ -41,14 +41,7 @@ class FlakyDispatcher:
     async def dispatch_many(
         self, orders: Sequence[tuple[uuid.UUID, str | None]]
     ) -> list[DispatchError | None]:
-        results: list[DispatchError | None] = []
-        for order_id, request_id in orders:
-            try:
-                await self.dispatch(order_id, request_id)
-                results.append(None)
-            except DispatchError as error:
-                results.append(error)
-        return results
+        return await dispatch_each(self, orders)
 
     async def close(self) -> None:
         return None

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,19 @@ _SERVICE_VARIABLES = (
     "APP_ENV",
     "SECRET_KEY",
 )
+
+
+def json_records(lines: Iterable[str]) -> list[dict[str, Any]]:
+    """The JSON objects among log lines (other lines are skipped)."""
+    out = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            out.append(record)
+    return out
 
 
 def free_port() -> int:
@@ -86,15 +99,7 @@ class OmsProcess:
         """The JSON log records so far (non-JSON lines are skipped)."""
         with self._lock:
             lines = list(self.lines)
-        out = []
-        for line in lines:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict):
-                out.append(record)
-        return out
+        return json_records(lines)
 
     def events(self, message: str) -> list[dict[str, Any]]:
         return [r for r in self.records() if r.get("event") == message]

@@ -69,6 +69,20 @@ class TaskDispatcher(Protocol):
     async def close(self) -> None: ...
 
 
+async def dispatch_each(
+    dispatcher: TaskDispatcher, orders: Sequence[Handoff]
+) -> list[DispatchError | None]:
+    """`dispatch_many` for a transport without batches: one hand-off after the other."""
+    results: list[DispatchError | None] = []
+    for order_id, request_id in orders:
+        try:
+            await dispatcher.dispatch(order_id, request_id)
+            results.append(None)
+        except DispatchError as error:
+            results.append(error)
+    return results
+
+
 class CeleryDispatcher:
     """`apply_async` in a bounded thread pool with a timeout: the event loop never blocks."""
 
@@ -231,14 +245,7 @@ class ThreadDispatcher:
         trace_headers: Sequence[Mapping[str, str]] | None = None,
     ) -> list[DispatchError | None]:
         # Embedded: the task runs in this process, outside the trace (no message to carry it).
-        results: list[DispatchError | None] = []
-        for order_id, request_id in orders:
-            try:
-                await self.dispatch(order_id, request_id)
-                results.append(None)
-            except DispatchError as error:
-                results.append(error)
-        return results
+        return await dispatch_each(self, orders)
 
     async def pending(self, order_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
         with self._queued_lock:
