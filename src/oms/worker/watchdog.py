@@ -23,6 +23,7 @@ from celery.worker import state
 from prometheus_client import Gauge
 
 from oms.config import Settings
+from oms.worker.waiting import WaitingTasks
 
 log = structlog.get_logger(__name__)
 
@@ -50,15 +51,12 @@ def _on_task_received(**_kwargs: Any) -> None:
 
 
 class Watchdog:
-    """One daemon thread; every Redis call is bounded by short socket timeouts."""
+    """One daemon thread; its Redis calls are bounded by the task marks' client timeouts."""
 
     def __init__(self, settings: Settings, concurrency: int, interval: float = 1.0) -> None:
         if not settings.celery_broker_url:
             raise ValueError("CELERY_BROKER_URL is not set")
-        self._client = redis.Redis.from_url(
-            settings.celery_broker_url, socket_timeout=2.0, socket_connect_timeout=2.0
-        )
-        self._queue = settings.celery_queue
+        self._queue = WaitingTasks(settings)
         self._concurrency = concurrency
         self._stall_seconds = settings.worker_stall_seconds
         self._interval = interval
@@ -84,7 +82,7 @@ class Watchdog:
         reserved = len(state.reserved_requests)
         TASKS_IN_WORKER.set(reserved)
         try:
-            depth = int(self._client.llen(self._queue))
+            depth = self._queue.stats().queued
         except redis.RedisError as error:
             # Redis itself is away: nothing to consume, Celery is reconnecting. Not a stall.
             if not self._broker_down:
