@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import orjson
 import structlog
 from fastapi import Depends, Request
-from sqlalchemy import JSON, DateTime, MetaData, event
+from sqlalchemy import JSON, ColumnElement, DateTime, MetaData, event, func, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.orm import DeclarativeBase, InstrumentedAttribute
 from sqlalchemy.types import TypeDecorator
 
 from oms import tracing
@@ -88,6 +88,19 @@ def as_datetime(value: datetime | str | None) -> datetime | None:
         return None
     moment = datetime.fromisoformat(value) if isinstance(value, str) else value
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+async def count_and_oldest(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    created_at: InstrumentedAttribute[datetime],
+    *where: ColumnElement[bool],
+) -> tuple[int, datetime | None]:
+    """How many rows match `where`, and the earliest `created_at` among them (a backlog)."""
+    async with sessionmaker() as session:
+        row = (
+            await session.execute(select(func.count(), func.min(created_at)).where(*where))
+        ).one()
+    return int(row[0]), as_datetime(row[1])
 
 
 def create_engine(settings: Settings) -> AsyncEngine:

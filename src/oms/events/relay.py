@@ -23,13 +23,13 @@ from typing import Any
 
 import asyncpg
 import structlog
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from oms import tracing
 from oms.config import Settings
-from oms.db import as_datetime, utcnow
+from oms.db import count_and_oldest, utcnow
 from oms.events.bus import EventPublisher, OutgoingEvent
 from oms.events.metrics import (
     EVENTS_PUBLISHED,
@@ -186,15 +186,9 @@ async def listen_for_outbox(settings: Settings, wakeup: asyncio.Event, stop: asy
 async def outbox_backlog(
     sessionmaker: async_sessionmaker[AsyncSession],
 ) -> tuple[int, datetime | None]:
-    async with sessionmaker() as session:
-        row = (
-            await session.execute(
-                select(func.count(), func.min(OutboxEvent.created_at)).where(
-                    OutboxEvent.published_at.is_(None)
-                )
-            )
-        ).one()
-    return int(row[0]), as_datetime(row[1])
+    return await count_and_oldest(
+        sessionmaker, OutboxEvent.created_at, OutboxEvent.published_at.is_(None)
+    )
 
 
 def age_seconds(moment: datetime | None) -> float:

@@ -18,7 +18,6 @@ second processing.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from datetime import datetime, timedelta
 
 import structlog
@@ -26,7 +25,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from oms.config import Settings
-from oms.db import as_datetime, utcnow
+from oms.db import count_and_oldest, utcnow
 from oms.events.metrics import (
     CELERY_QUEUE_DEPTH,
     OLDEST_UNPROCESSED_AGE,
@@ -46,13 +45,7 @@ async def unprocessed_orders(
     sessionmaker: async_sessionmaker[AsyncSession],
 ) -> tuple[int, datetime | None]:
     """How many orders await processing and when the oldest of them was created."""
-    async with sessionmaker() as session:
-        row = (
-            await session.execute(
-                select(func.count(), func.min(Order.created_at)).where(Order.processed_at.is_(None))
-            )
-        ).one()
-    return int(row[0]), as_datetime(row[1])
+    return await count_and_oldest(sessionmaker, Order.created_at, Order.processed_at.is_(None))
 
 
 class Sweeper:
@@ -71,7 +64,6 @@ class Sweeper:
         now = utcnow()
         cutoff = now - timedelta(seconds=self._settings.processing_timeout_seconds)
         last_hand_off = func.coalesce(Order.dispatched_at, Order.created_at)
-        dispatched: list[uuid.UUID] = []
         async with self._sessionmaker.begin() as session:
             overdue = (
                 await session.scalars(
@@ -89,15 +81,15 @@ class Sweeper:
             except DispatchError as error:
                 log.warning("Sweeper cannot see the task queue; will try again", error=str(error))
                 return 0
-            for order_id in overdue:
-                if order_id in pending:
-                    continue
-                try:
-                    await self._dispatcher.dispatch(order_id, None)
-                except DispatchError as error:
-                    log.warning("Sweeper cannot dispatch; will try again", error=str(error))
-                    break
-                dispatched.append(order_id)
+            lost = [order_id for order_id in overdue if order_id not in pending]
+            # One publish batch for the sweep, as the consumer hands off.
+            results = (
+                await self._dispatcher.dispatch_many([(o, None) for o in lost]) if lost else []
+            )
+            dispatched = [o for o, error in zip(lost, results, strict=True) if error is None]
+            failure = next((error for error in results if error is not None), None)
+            if failure is not None:
+                log.warning("Sweeper cannot dispatch; will try again", error=str(failure))
             seen = [*pending, *dispatched]
             if seen:
                 await session.execute(
