@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -39,7 +39,9 @@ class FlakyDispatcher:
             raise DispatchError("Celery broker unreachable")
 
     async def dispatch_many(
-        self, orders: Sequence[tuple[uuid.UUID, str | None]]
+        self,
+        orders: Sequence[tuple[uuid.UUID, str | None]],
+        trace_headers: Sequence[Mapping[str, str]] | None = None,
     ) -> list[DispatchError | None]:
         return await dispatch_each(self, orders)
 

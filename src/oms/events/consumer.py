@@ -172,12 +172,9 @@ class NewOrderHandler:
                         duplicates += 1
                 fresh = [firsts[event_id] for event_id in firsts if event_id in new]
                 orders = [(p.event.order_id, p.request_id) for p in fresh]
-                if tracing.active():  # each task continues its own event's trace
-                    results = await self._dispatcher.dispatch_many(
-                        orders, trace_headers=[tracing.headers_for(p.span) for p in fresh]
-                    )
-                else:
-                    results = await self._dispatcher.dispatch_many(orders)
+                # With tracing on, each task continues its own event's trace.
+                headers = [tracing.headers_for(p.span) for p in fresh] if tracing.active() else None
+                results = await self._dispatcher.dispatch_many(orders, trace_headers=headers)
                 dispatched = True
                 for pending, error in zip(fresh, results, strict=True):
                     (handed_off if error is None else failed).append(pending)
