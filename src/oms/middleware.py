@@ -86,7 +86,7 @@ class RequestMiddleware:
 
 def _incoming_request_id(scope: Scope) -> str | None:
     for name, value in scope["headers"]:
-        if name == b"x-request-id":
+        if name == REQUEST_ID_HEADER_BYTES:
             candidate = value.decode("latin-1")
             return candidate if _VALID_REQUEST_ID.match(candidate) else None
     return None
