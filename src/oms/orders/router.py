@@ -9,7 +9,7 @@ from fastapi import Depends, Header, Query, Request, Response, status
 
 from oms.auth.dependencies import AuthenticatedUser, BearerAuthentication, CurrentUser
 from oms.cache import Cache, OrderCache
-from oms.db import DbConnection, database_connection
+from oms.db import database_connection
 from oms.exceptions import PermissionDeniedError
 from oms.openapi import error_responses
 from oms.orders import service
@@ -68,10 +68,11 @@ _ORDER_LINKS = {
 async def create_order(
     body: OrderCreate,
     user: CurrentUser,
-    connection: DbConnection,
+    request: Request,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
-    created = await service.create_order(connection, user.id, body, idempotency_key)
+    async with database_connection(request) as connection:
+        created = await service.create_order(connection, user.id, body, idempotency_key)
     headers = {"Location": f"/orders/{created.id}/"}
     if created.replayed:
         headers["Idempotent-Replayed"] = "true"
@@ -129,10 +130,11 @@ async def update_order_status(
     order_id: uuid.UUID,
     body: OrderStatusUpdate,
     user: CurrentUser,
-    connection: DbConnection,
+    request: Request,
     cache: Cache,
 ) -> Response:
-    order = await service.change_status(connection, cache, user.id, order_id, body.status)
+    async with database_connection(request) as connection:
+        order = await service.change_status(connection, cache, user.id, order_id, body.status)
     return Response(order_json(order), media_type=JSON)
 
 
@@ -146,14 +148,17 @@ async def update_order_status(
 async def list_user_orders(
     user_id: int,
     user: CurrentUser,
-    connection: DbConnection,
+    request: Request,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     order_status: Annotated[OrderStatus | None, Query(alias="status")] = None,
 ) -> Response:
     if user_id != user.id:
         raise PermissionDeniedError("You can only list your own orders")
-    orders, has_more = await service.list_orders(connection, user.id, limit, offset, order_status)
+    async with database_connection(request) as connection:
+        orders, has_more = await service.list_orders(
+            connection, user.id, limit, offset, order_status
+        )
     headers = {}
     if has_more:
         query: dict[str, str | int] = {"limit": limit, "offset": offset + limit}
