@@ -12,10 +12,9 @@ import itertools
 import time
 import uuid
 from collections import OrderedDict
-from typing import Annotated, Protocol
+from typing import Protocol
 
 import structlog
-from fastapi import Depends, Request
 from prometheus_client import Counter
 
 from oms.redis import RedisGuard, RedisUnavailableError, SharedRead
@@ -198,11 +197,3 @@ class RedisOrderCache:
             if self._unwritten.get(order_id) == failure:  # not failed again meanwhile
                 del self._unwritten[order_id]
         log.info("cache_entries_invalidated_after_outage", count=len(pending))
-
-
-async def get_order_cache(request: Request) -> OrderCache:
-    cache: OrderCache = request.app.state.order_cache
-    return cache
-
-
-Cache = Annotated[OrderCache, Depends(get_order_cache)]

@@ -8,13 +8,13 @@ from urllib.parse import urlencode
 from fastapi import Depends, Header, Query, Request, Response, status
 
 from oms.auth.dependencies import AuthenticatedUser, BearerAuthentication, CurrentUser
-from oms.cache import Cache, OrderCache
+from oms.cache import OrderCache
 from oms.db import database_connection
 from oms.exceptions import PermissionDeniedError
 from oms.openapi import error_responses
 from oms.orders import service
 from oms.orders.models import OrderStatus
-from oms.orders.schemas import OrderCreate, OrderOut, OrderStatusUpdate, order_json, orders_json
+from oms.orders.schemas import OrderCreate, OrderOut, OrderStatusUpdate, orders_json
 from oms.routing import SlashOptionalRouter
 
 router = SlashOptionalRouter(prefix="/orders", tags=["orders"])
@@ -131,11 +131,11 @@ async def update_order_status(
     body: OrderStatusUpdate,
     user: CurrentUser,
     request: Request,
-    cache: Cache,
 ) -> Response:
+    cache: OrderCache = request.app.state.order_cache
     async with database_connection(request) as connection:
         order = await service.change_status(connection, cache, user.id, order_id, body.status)
-    return Response(order_json(order), media_type=JSON)
+    return Response(order, media_type=JSON)
 
 
 @router.get(

@@ -276,8 +276,10 @@ async def change_status(
     user_id: int,
     order_id: uuid.UUID,
     new_status: OrderStatus,
-) -> OrderRow:
-    """One statement makes the change if the status machine allows it from the order's status at
+) -> bytes:
+    """The order's JSON after the change.
+
+    One statement makes the change if the status machine allows it from the order's status at
     that moment: concurrent changes of one order queue on its row and each one sees the status the
     previous one left, so none is lost. When it changes nothing, a read says why: the order is
     missing, someone else's, already there (a no-op), or cannot get there (409)."""
@@ -297,12 +299,13 @@ async def change_status(
         ).first()
     if row is not None:
         changed = row._asdict()
-        await cache.put(changed["id"], order_json(changed), changed["version"])
-        return changed
+        body = order_json(changed)
+        await cache.put(changed["id"], body, changed["version"])
+        return body
     order = await _owned(connection, await _find(connection, order_id), user_id)
     if order["status"] != new_status:
         raise ConflictError(f"Cannot change order status from {order['status']} to {new_status}")
-    return order
+    return order_json(order)
 
 
 async def list_orders(
@@ -315,7 +318,9 @@ async def list_orders(
     """A page of the user's orders, newest first, and whether more follow."""
     page = {"user_id": user_id, "status": status, "limit": limit + 1, "offset": offset}
     query = _PAGE if status is None else _PAGE_WITH_STATUS
-    orders = [row._asdict() for row in await connection.execute(query, page)]
+    result = await connection.execute(query, page)
+    columns = tuple(result.keys())
+    orders = [dict(zip(columns, row, strict=True)) for row in result]  # 1/5 of Row._asdict
     if not orders:
         await ensure_user_exists(connection, user_id)
     return orders[:limit], len(orders) > limit
