@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from oms.metrics import UNMATCHED_ROUTE, observe_http_request
 from oms.ratelimit import STATE_KEY as RATE_LIMIT_STATE_KEY
 from oms.ratelimit import RateLimitDecision
+from oms.routing import route_template
 
 REQUEST_ID_HEADER = "X-Request-ID"
 REQUEST_ID_HEADER_BYTES = b"x-request-id"
@@ -90,20 +91,6 @@ def _incoming_request_id(scope: Scope) -> str | None:
             candidate = value.decode("latin-1")
             return candidate if _VALID_REQUEST_ID.match(candidate) else None
     return None
-
-
-def route_template(scope: Scope) -> str:
-    """The matched route's path template, or one label for everything unmatched."""
-    route = scope.get("route")
-    path = getattr(route, "path", None)
-    if isinstance(path, str):
-        return path
-    # FastAPI's own pages (/docs, /openapi.json) match without setting `route`; they have no
-    # path parameters, so their path is their template.
-    if scope.get("endpoint") is not None and not scope.get("path_params"):
-        static_path: str = scope["path"]
-        return static_path
-    return UNMATCHED_ROUTE
 
 
 def _loggable_path(scope: Scope) -> str:

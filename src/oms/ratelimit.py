@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import structlog
 from fastapi import Request
@@ -35,6 +35,7 @@ from prometheus_client import Counter
 
 from oms.config import Settings
 from oms.redis import RedisGuard, RedisUnavailableError, SharedRead
+from oms.routing import route_template
 
 log = structlog.get_logger(__name__)
 
@@ -262,10 +263,7 @@ def _decide(
 
 def _route_of(request: Request) -> str:
     """The route template, so `/orders/<any id>/` is one route; with or without the slash."""
-    route: Any = request.scope.get("route")
-    # Not getattr's default: building `request.url` costs more than the whole lookup.
-    path: str = route.path if route is not None else request.scope["path"]
-    template = path.rstrip("/") or "/"
+    template = route_template(request.scope).rstrip("/") or "/"
     return f"{request.method} {template}"
 
 
