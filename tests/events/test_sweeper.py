@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import re
 import subprocess
 
 import httpx
+import kombu
+import redis
 
 from tests.events.conftest import Pipeline
 from tests.support.processes import OMS, eventually, free_port
@@ -70,3 +74,50 @@ async def test_a_backlog_longer_than_the_timeout_yields_no_duplicate_task(
     # Every task the worker took was a first run: none found its order already processed.
     assert len(worker.events("Processing order")) == 40
     assert worker.events("Order already processed; nothing to do") == []
+
+
+async def test_a_task_a_dying_worker_took_off_the_queue_is_dispatched_again(
+    pipeline: Pipeline,
+) -> None:
+    # kombu's Redis transport takes a message off the list (BRPOP) before it records it as
+    # unacked: a worker killed in between loses the task, while the order's waiting mark stays.
+    # A message a live worker holds (recorded as unacked, not acked yet) is not lost.
+    overrides = {"PROCESSING_TIMEOUT_SECONDS": "5"}
+    queue = pipeline.env["CELERY_QUEUE"]
+    broker = redis.Redis.from_url(pipeline.env["CELERY_BROKER_URL"], socket_timeout=5)
+    consumer = pipeline.start("consumer", **overrides)
+    relay = pipeline.start("relay", **overrides)
+    await eventually(lambda: consumer.events("Consumer started"), 30, pipeline.logs)
+    order_ids = await pipeline.create_orders(2)
+    await eventually(lambda: broker.llen(queue) == 2, 30, pipeline.logs)
+
+    lost = _order_of_task(broker.rpop(queue))  # the dying worker's BRPOP, never recorded
+    with kombu.Connection(pipeline.env["CELERY_BROKER_URL"]) as slow_worker:
+        held = slow_worker.default_channel.basic_get(queue, no_ack=False)
+        assert held is not None
+        held_order = _order_of_task(held.body)
+        assert {lost, held_order} == set(order_ids)
+
+        def redispatched() -> int:
+            return sum(int(record["count"]) for record in relay.events(REDISPATCHED))
+
+        await eventually(redispatched, 60, pipeline.logs)
+        await asyncio.sleep(3)  # three more sweeps: the held task is still not taken for lost
+        assert redispatched() == 1
+        assert broker.llen(queue) == 1  # the lost order's new task
+        worker = pipeline.start("worker", **overrides)
+        await pipeline.wait_processed([lost], 30)
+    # The slow worker goes away without acking: kombu puts its message back in the queue.
+    await pipeline.wait_processed(order_ids, 30)
+    pipeline.assert_processed_exactly_once(order_ids)
+    assert worker.events("Order already processed; nothing to do") == []
+
+
+def _order_of_task(body: bytes | str | None) -> str:
+    """The order id in a raw task message from the queue, or a decoded task body."""
+    assert body is not None
+    message = json.loads(body)
+    if isinstance(message, dict):  # the transport's envelope: the task body is base64
+        message = json.loads(base64.b64decode(message["body"]))
+    order_id: str = message[0][0]
+    return order_id

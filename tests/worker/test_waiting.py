@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,12 +37,12 @@ def test_a_task_is_pending_while_it_waits_or_runs_and_not_after(
 ) -> None:
     marks = _marks(redis_server, tmp_path)
     waiting, running, done = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    marks.add([waiting, running, done])
+    marks.add([waiting, running, done], time.time())
     marks.taken(running)
     marks.taken(done)
     marks.done(done)
 
-    assert marks.pending([waiting, running, done]) == {waiting, running}
+    assert marks.pending([waiting, running, done]).live == {waiting, running}
     assert marks.stats().running == 1
 
 
@@ -50,9 +51,9 @@ def test_a_redis_restart_forgets_every_mark_like_the_tasks(
 ) -> None:
     marks = _marks(redis_server, tmp_path)
     order_id = uuid.uuid4()
-    marks.add([order_id])
+    marks.add([order_id], time.time())
     redis_server.restart()
-    assert marks.pending([order_id]) == set()
+    assert marks.pending([order_id]).live == set()
 
 
 async def test_a_failed_publish_leaves_no_waiting_mark(
@@ -70,5 +71,5 @@ async def test_a_failed_publish_leaves_no_waiting_mark(
         pytest.raises(DispatchError),
     ):
         await dispatcher.dispatch(order_id, None)
-    assert await dispatcher.pending([order_id]) == set()
+    assert (await dispatcher.pending([order_id])).live == set()
     await dispatcher.close()

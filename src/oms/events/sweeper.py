@@ -7,12 +7,13 @@ outbox, and beat would be one more single-instance process to run and supervise.
 An order whose `processed_at` is still empty `PROCESSING_TIMEOUT_SECONDS` after its last hand-off
 (or after its creation, if it was never handed off: a dead-lettered event, an outbox row that
 waited out a long RabbitMQ outage) is dispatched again, unless its task still waits in the Celery
-queue or runs (`oms.worker.waiting`): a backlog is not a loss, and re-queueing work that is only
-waiting would multiply the backlog. An order seen pending counts as handed off at that moment, so
-the scan moves on to older ones and a task lost later (a Redis restart) is re-dispatched at most
-`PROCESSING_TIMEOUT_SECONDS` plus one sweep after the loss. The task's own check makes a second
-run harmless, so a re-dispatch of an order that was merely slow costs one idle task, never a
-second processing.
+queue, is held by a worker or runs (`oms.worker.waiting`): a backlog is not a loss, and re-queueing
+work that is only waiting would multiply the backlog. A task that has left the queue without a
+worker showing it yet is looked at again at the next sweep: held by then, or lost. An order seen
+pending counts as handed off at that moment, so the scan moves on to older ones and a task lost
+later (a Redis restart) is re-dispatched at most `PROCESSING_TIMEOUT_SECONDS` plus one sweep after
+the loss. The task's own check makes a second run harmless, so a re-dispatch of an order that was
+merely slow costs one idle task, never a second processing.
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ class Sweeper:
             except DispatchError as error:
                 log.warning("Sweeper cannot see the task queue; will try again", error=str(error))
                 return 0
-            lost = [order_id for order_id in overdue if order_id not in pending]
+            # An order in `pending.unsure` is neither: it stays overdue for the next sweep.
+            lost = [o for o in overdue if o not in pending.live and o not in pending.unsure]
             # One publish batch for the sweep, as the consumer hands off.
             results = (
                 await self._dispatcher.dispatch_many([(o, None) for o in lost]) if lost else []
@@ -90,13 +92,13 @@ class Sweeper:
             failure = next((error for error in results if error is not None), None)
             if failure is not None:
                 log.warning("Sweeper cannot dispatch; will try again", error=str(failure))
-            seen = [*pending, *dispatched]
+            seen = [*pending.live, *dispatched]
             if seen:
                 await session.execute(
                     update(Order).where(Order.id.in_(seen)).values(dispatched_at=now)
                 )
-        if pending:
-            ORDERS_SEEN_PENDING.inc(len(pending))
+        if pending.live:
+            ORDERS_SEEN_PENDING.inc(len(pending.live))
         if dispatched:
             ORDERS_REDISPATCHED.inc(len(dispatched))
             await self._dispatcher.record_redispatches(len(dispatched))

@@ -15,6 +15,7 @@ import structlog
 from celery import Celery, signals
 
 from oms.config import Settings
+from oms.worker.waiting import BROKER_SOCKET_TIMEOUT_SECONDS
 
 PROCESS_ORDER = "oms.process_order"
 
@@ -84,7 +85,7 @@ def configure_celery(settings: Settings) -> Celery:
         broker_connection_timeout=settings.celery_publish_timeout_seconds,
         broker_transport_options={
             "visibility_timeout": settings.celery_visibility_timeout_seconds,
-            "socket_timeout": 5.0,
+            "socket_timeout": BROKER_SOCKET_TIMEOUT_SECONDS,
             "socket_connect_timeout": min(2.0, settings.celery_publish_timeout_seconds),
             "socket_keepalive": True,
             "health_check_interval": 10,

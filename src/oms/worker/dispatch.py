@@ -10,6 +10,7 @@ import contextlib
 import contextvars
 import functools
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,7 @@ import structlog
 
 from oms.config import Settings
 from oms.worker.processing import OrderProcessor
-from oms.worker.waiting import QueueStats, WaitingTasks
+from oms.worker.waiting import MARK_HEADER, Pending, QueueStats, WaitingTasks
 
 log = structlog.get_logger(__name__)
 
@@ -56,9 +57,9 @@ class TaskDispatcher(Protocol):
         task is safely queued, else why not. Never raises for a broker failure.
         `trace_headers`, one per order, go into the task messages (W3C trace context)."""
 
-    async def pending(self, order_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
-        """Of these orders, those whose task still waits in the queue or runs in a worker;
-        raise `DispatchError` when that cannot be known."""
+    async def pending(self, order_ids: Sequence[uuid.UUID]) -> Pending:
+        """Of these orders, those whose task still waits in the queue or runs in a worker, and
+        those to ask about again; raise `DispatchError` when that cannot be known."""
 
     async def record_redispatches(self, count: int) -> None:
         """Count re-dispatches by the sweeper; never raises."""
@@ -94,24 +95,6 @@ class CeleryDispatcher:
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="celery-dispatch")
         self._waiting = WaitingTasks(settings)
 
-    def _send(self, order_id: uuid.UUID, request_id: str | None) -> None:
-        from oms.worker.tasks import process_order
-
-        try:
-            self._waiting.add([order_id])
-        except redis.RedisError as error:
-            log.warning("Task not marked waiting; publishing it all the same", error=str(error))
-        try:
-            process_order.apply_async(
-                args=(str(order_id),),
-                kwargs={"request_id": request_id},
-                retry=True,
-                retry_policy=CELERY_RETRY_POLICY,
-            )
-        except BaseException:
-            self._waiting.discard([order_id])
-            raise
-
     def _send_many(
         self,
         orders: Sequence[Handoff],
@@ -119,7 +102,8 @@ class CeleryDispatcher:
         sent: list[uuid.UUID],
         give_up: threading.Event,
     ) -> None:
-        """Mark the orders waiting (one round trip, before the publish as in `_send`), publish
+        """Mark the orders waiting (one round trip, BEFORE the publish: see `WaitingTasks.add`),
+        publish
         the tasks over one pooled producer in one Redis round trip (kombu's `Producer.batch()`:
         a pipeline of LPUSHes flushed when the block exits), then add every order to `sent`.
         Any error, or the caller's timeout giving up first, discards the unflushed batch and
@@ -130,8 +114,9 @@ class CeleryDispatcher:
         from oms.worker.tasks import process_order
 
         order_ids = [order_id for order_id, _ in orders]
+        marked_at = time.time()
         try:
-            self._waiting.add(order_ids)
+            self._waiting.add(order_ids, marked_at)
         except redis.RedisError as error:
             log.warning("Tasks not marked waiting; publishing them all the same", error=str(error))
         try:
@@ -140,10 +125,12 @@ class CeleryDispatcher:
                 producer.batch(max_size=len(orders) or 1),
             ):
                 for index, (order_id, request_id) in enumerate(orders):
+                    headers = {**trace_headers[index]} if trace_headers else {}
+                    headers[MARK_HEADER] = repr(marked_at)
                     process_order.apply_async(
                         args=(str(order_id),),
                         kwargs={"request_id": request_id},
-                        headers=dict(trace_headers[index]) if trace_headers else {},
+                        headers=headers,
                         producer=producer,
                         retry=True,
                         retry_policy=CELERY_RETRY_POLICY,
@@ -166,7 +153,9 @@ class CeleryDispatcher:
             raise DispatchError(f"{type(error).__name__}: {error}") from error
 
     async def dispatch(self, order_id: uuid.UUID, request_id: str | None) -> None:
-        await self._in_thread(self._send, order_id, request_id)
+        (error,) = await self.dispatch_many([(order_id, request_id)])
+        if error is not None:
+            raise error
 
     async def dispatch_many(
         self,
@@ -187,7 +176,7 @@ class CeleryDispatcher:
         done = set(sent)
         return [None if order_id in done else failure for order_id, _ in orders]
 
-    async def pending(self, order_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    async def pending(self, order_ids: Sequence[uuid.UUID]) -> Pending:
         return await self._in_thread(self._waiting.pending, order_ids)
 
     async def record_redispatches(self, count: int) -> None:
@@ -247,9 +236,9 @@ class ThreadDispatcher:
         # Embedded: the task runs in this process, outside the trace (no message to carry it).
         return await dispatch_each(self, orders)
 
-    async def pending(self, order_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    async def pending(self, order_ids: Sequence[uuid.UUID]) -> Pending:
         with self._queued_lock:
-            return self._queued.intersection(order_ids)
+            return Pending(frozenset(self._queued.intersection(order_ids)), frozenset())
 
     async def record_redispatches(self, count: int) -> None:
         self._redispatched += count

@@ -1,4 +1,4 @@
-"""Which orders have a live task: waiting in the Celery queue, or running in a worker.
+"""Which orders have a live task: waiting in the Celery queue, held by a worker, or running.
 
 The sweeper re-dispatches an unprocessed order only when its task is lost, never while the task
 merely waits behind a backlog or runs: a duplicate would hold a worker slot for nothing and so
@@ -8,14 +8,27 @@ to `running` when it takes the task and removes it when the task is done.
 
 The sets live in the broker's own Redis database, so a Redis restart that drops the queued tasks
 drops their marks with them: exactly the orders whose task was lost have none, and the sweeper
-picks them up. A mark is trusted for a bounded time only: `TASK_MAX_WAIT_SECONDS` in the queue,
-`PROCESSING_TIMEOUT_SECONDS` running (a worker killed mid-task cannot clear its mark).
+picks them up. A `running` mark is trusted for `PROCESSING_TIMEOUT_SECONDS` (a worker killed
+mid-task cannot clear it).
+
+A `waiting` mark can outlive its task too: kombu's Redis transport takes a message off the list
+(BRPOP) before it records it in its `unacked` hash, so a worker killed between the two loses the
+message while the mark stays. The queue is FIFO and every task message carries its mark's time
+(`MARK_HEADER`), so the message next in line tells which marks belong to messages already taken
+off the queue: those must be in the `unacked` hash, held by a worker, or they are lost. That is
+only concluded from a look at the queue at least `SETTLE_SECONDS` old, so a message still between
+BRPOP and the hash is never taken for lost. When the queue cannot tell (a message without the
+header), a `waiting` mark is trusted for `TASK_MAX_WAIT_SECONDS`.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -46,6 +59,21 @@ _PRIORITY_SEPARATOR = "\x06\x16"
 _PRIORITY_STEPS = (0, 3, 6, 9)
 
 
+# The read timeout of every connection to the broker (Celery's transport options too).
+BROKER_SOCKET_TIMEOUT_SECONDS = 5.0
+
+# kombu's Redis transport keeps the messages workers hold, acked or not yet, in one hash per
+# broker database: delivery tag -> JSON [message, exchange, routing key].
+_UNACKED_HASH = "unacked"
+
+# The header of each task message: when its order was marked waiting (epoch seconds, a string).
+MARK_HEADER = "oms_waiting_since"
+
+# How old a look at the queue must be before a message it showed taken off counts as lost if no
+# worker holds it: far longer than kombu needs between BRPOP and recording it as unacked.
+SETTLE_SECONDS = 1.0
+
+
 def priority_lists(queue: str) -> list[str]:
     return [
         queue if step == 0 else f"{queue}{_PRIORITY_SEPARATOR}{step}" for step in _PRIORITY_STEPS
@@ -59,6 +87,14 @@ class QueueStats:
     queued: int  # task messages waiting in the queue
     running: int  # tasks taken by a worker and not done (marks younger than the timeout)
     redispatched: int  # re-dispatches by the sweeper since the broker's data began
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """What the marks and the queue say of some orders; the orders in neither set are lost."""
+
+    live: frozenset[uuid.UUID]  # the task waits in the queue, is held by a worker, or runs
+    unsure: frozenset[uuid.UUID]  # the task left the queue and no worker showed it yet: ask again
 
 
 class WaitingTasks:
@@ -78,14 +114,21 @@ class WaitingTasks:
         self._queues = priority_lists(settings.celery_queue)
         self._max_wait = settings.task_max_wait_seconds
         self._max_run = settings.processing_timeout_seconds
+        # The longest a message may take to reach the queue after its mark: the dispatcher's
+        # deadline, then the flush of its batch (the broker socket's timeout, a reconnection).
+        self._publish_slack = (
+            settings.celery_publish_timeout_seconds + BROKER_SOCKET_TIMEOUT_SECONDS + 3.0
+        )
+        # (when, mark time below which every message had left the queue), oldest first.
+        self._looks: deque[tuple[float, float]] = deque()
         self._failing = False
 
-    def add(self, order_ids: Iterable[uuid.UUID]) -> None:
-        """Mark tasks about to be published: BEFORE the publish, since a worker may take a task
-        before the publish returns and must find the mark to clear. Raises `redis.RedisError`
-        (a task without a mark costs at most one duplicate run, which the task recognises)."""
-        now = time.time()
-        marks = {str(order_id): now for order_id in order_ids}
+    def add(self, order_ids: Iterable[uuid.UUID], marked_at: float) -> None:
+        """Mark tasks about to be published, with the time their messages carry in
+        `MARK_HEADER`: BEFORE the publish, since a worker may take a task before the publish
+        returns and must find the mark to clear. Raises `redis.RedisError` (a task without a
+        mark costs at most one duplicate run, which the task recognises)."""
+        marks = {str(order_id): marked_at for order_id in order_ids}
         if marks:
             self._client.zadd(self._waiting, marks)
 
@@ -110,10 +153,11 @@ class WaitingTasks:
         member = str(order_id)
         self._quietly(lambda pipe: pipe.zrem(self._running, member))
 
-    def pending(self, order_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
-        """Of these orders, those whose task waits or runs; raises `redis.RedisError`."""
+    def pending(self, order_ids: Sequence[uuid.UUID]) -> Pending:
+        """Of these orders, those whose task waits, is held or runs, and those whose task left
+        the queue without a worker showing it yet; raises `redis.RedisError`."""
         if not order_ids:
-            return set()
+            return Pending(frozenset(), frozenset())
         members = [str(order_id) for order_id in order_ids]
         now = time.time()
         pipe = self._client.pipeline(transaction=False)
@@ -122,13 +166,66 @@ class WaitingTasks:
         pipe.zremrangebyscore(self._running, "-inf", f"({now - self._max_run}")
         pipe.zmscore(self._waiting, members)
         pipe.zmscore(self._running, members)
-        _, _, waiting, running = pipe.execute()
-        return {
-            order_id
-            for order_id, queued, started in zip(order_ids, waiting, running, strict=True)
-            if (queued is not None and queued >= now - self._max_wait)
-            or (started is not None and started >= now - self._max_run)
-        }
+        for queue in self._queues:
+            pipe.lindex(queue, -1)  # the message next in line (kombu pops from the right)
+        _, _, waiting, running, *next_in_line = pipe.execute()
+        settled, taken_off = self._look(now, next_in_line)
+
+        live: set[uuid.UUID] = set()
+        left_queue: dict[uuid.UUID, bool] = {}  # order -> left the queue before a settled look
+        for order_id, queued, started in zip(order_ids, waiting, running, strict=True):
+            if started is not None and started >= now - self._max_run:
+                live.add(order_id)
+            elif queued is None or queued < now - self._max_wait:
+                continue
+            elif settled is not None and queued < settled:
+                left_queue[order_id] = True
+            elif taken_off is not None and queued < taken_off:
+                left_queue[order_id] = False
+            else:
+                live.add(order_id)
+        held = self._held_by_workers(left_queue) if left_queue else set()
+        live.update(held)
+        unsure = {o for o, long_ago in left_queue.items() if not long_ago and o not in held}
+        return Pending(frozenset(live), frozenset(unsure))
+
+    def _look(
+        self, now: float, next_in_line: Sequence[bytes | None]
+    ) -> tuple[float | None, float | None]:
+        """Record what the queue shows now. Returns two mark times, below which every message
+        had left the queue: at the newest look at least `SETTLE_SECONDS` old, and now; None
+        where unknown."""
+        taken_off = now - self._publish_slack
+        for raw in next_in_line:
+            if raw is None:
+                continue  # an empty list: every message marked before the slack has left it
+            marked_at = _mark_of(raw)
+            if marked_at is None or taken_off is None:
+                return None, None  # a message from before the header: no telling
+            # Published at most the slack after its mark, it is behind every message marked
+            # more than the slack before it: those have all been taken.
+            taken_off = min(taken_off, marked_at - self._publish_slack)
+        if taken_off is None:
+            return None, None
+        self._looks.append((now, taken_off))
+        while len(self._looks) > 1 and self._looks[1][0] <= now - SETTLE_SECONDS:
+            self._looks.popleft()
+        when, settled = self._looks[0]
+        if when > now - SETTLE_SECONDS:
+            return None, taken_off
+        # Never above what the queue shows now: a message put back (a dead worker's, after the
+        # visibility timeout) is next in line again, with its old mark.
+        return min(settled, taken_off), taken_off
+
+    def _held_by_workers(self, order_ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
+        """Those of these orders whose task message a worker holds (kombu's unacked hash)."""
+        wanted = {str(order_id): order_id for order_id in order_ids}
+        held: set[uuid.UUID] = set()
+        for raw in self._client.hvals(_UNACKED_HASH):
+            order = _order_of(raw)
+            if order in wanted:
+                held.add(wanted[order])
+        return held
 
     def record_redispatches(self, count: int) -> None:
         """Count the sweeper's re-dispatches where `oms check` and every process can read them."""
@@ -158,3 +255,25 @@ class WaitingTasks:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _mark_of(raw: bytes | str) -> float | None:
+    """The mark time a task message on the queue carries, if any."""
+    try:
+        mark = json.loads(raw)["headers"][MARK_HEADER]
+        return float(mark)
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def _order_of(raw: bytes | str) -> str | None:
+    """The order id of an entry of kombu's unacked hash, if it is a task for one."""
+    try:
+        message = json.loads(raw)[0]
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+        return str(args[0])
+    except (ValueError, TypeError, KeyError, IndexError, binascii.Error):
+        return None
