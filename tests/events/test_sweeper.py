@@ -92,7 +92,9 @@ async def test_a_task_a_dying_worker_took_off_the_queue_is_dispatched_again(
     await eventually(lambda: broker.llen(queue) == 2, 30, pipeline.logs)
 
     lost = _order_of_task(broker.rpop(queue))  # the dying worker's BRPOP, never recorded
-    with kombu.Connection(pipeline.env["CELERY_BROKER_URL"]) as slow_worker:
+    with kombu.Connection(
+        pipeline.env["CELERY_BROKER_URL"], transport_options={"socket_timeout": 5}
+    ) as slow_worker:
         held = slow_worker.default_channel.basic_get(queue, no_ack=False)
         assert held is not None
         held_order = _order_of_task(held.body)
@@ -111,6 +113,7 @@ async def test_a_task_a_dying_worker_took_off_the_queue_is_dispatched_again(
     await pipeline.wait_processed(order_ids, 30)
     pipeline.assert_processed_exactly_once(order_ids)
     assert worker.events("Order already processed; nothing to do") == []
+    broker.close()
 
 
 def _order_of_task(body: bytes | str | None) -> str:

@@ -8,10 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
 
+import kombu
 import pytest
+import redis
 
 from oms.worker.dispatch import CeleryDispatcher, DispatchError
-from oms.worker.waiting import WaitingTasks
+from oms.worker.waiting import MARK_HEADER, WaitingTasks
 from tests.conftest import make_settings
 from tests.support.redis_server import RedisServer
 
@@ -23,13 +25,64 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.kill()
 
 
-def _marks(server: RedisServer, tmp_path: Path) -> WaitingTasks:
+def _marks(server: RedisServer, tmp_path: Path, queue: str = "oms.test") -> WaitingTasks:
     settings = make_settings(
-        f"sqlite:///{tmp_path / 'unused.db'}",
-        celery_broker_url=server.url(1),
-        celery_queue=f"oms.test.{uuid.uuid4().hex[:8]}",
+        f"sqlite:///{tmp_path / 'unused.db'}", celery_broker_url=server.url(1), celery_queue=queue
     )
     return WaitingTasks(settings)
+
+
+def _publish(server: RedisServer, queue: str, marks: WaitingTasks, ago: float) -> uuid.UUID:
+    """Mark and publish a task as the dispatcher does (Celery's body, the mark's time in a
+    header), `ago` seconds in the past."""
+    order_id, marked_at = uuid.uuid4(), time.time() - ago
+    marks.add([order_id], marked_at)
+    with kombu.Connection(server.url(1), transport_options={"socket_timeout": 5}) as connection:
+        connection.Producer().publish(
+            [[str(order_id)], {"request_id": None}, {}],
+            routing_key=queue,
+            serializer="json",
+            headers={MARK_HEADER: repr(marked_at)},
+            declare=[kombu.Queue(queue)],
+        )
+    return order_id
+
+
+def test_a_task_taken_off_the_queue_is_lost_unless_a_worker_holds_it(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    queue = f"oms.test.{uuid.uuid4().hex[:8]}"
+    marks = _marks(redis_server, tmp_path, queue)
+    lost = _publish(redis_server, queue, marks, ago=60)
+    held = _publish(redis_server, queue, marks, ago=60)
+    behind = [_publish(redis_server, queue, marks, ago) for ago in (20, 0)]
+    orders = [lost, held, *behind]
+    broker = redis.Redis.from_url(redis_server.url(1), socket_timeout=5)
+    # A worker took `lost` off the queue and died before recording it; another holds `held`.
+    assert broker.rpop(queue) is not None
+    with kombu.Connection(redis_server.url(1), transport_options={"socket_timeout": 5}) as worker:
+        assert worker.default_channel.basic_get(queue, no_ack=False) is not None
+
+        first = marks.pending(orders)
+        assert first.live == set(behind)  # still queued, behind a message marked 20 s ago
+        assert first.unsure == {lost, held}  # gone from the queue: looked at again later
+        time.sleep(1.1)
+        again = marks.pending(orders)
+        assert again.live == {held, *behind}
+        assert again.unsure == set()  # and `lost` is in neither: the sweeper re-dispatches it
+    broker.close()
+
+
+def test_a_task_waiting_longer_than_the_maximum_wait_is_pending_while_queued(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # No worker for two hours: the queue still holds the task, so it is not re-dispatched.
+    queue = f"oms.test.{uuid.uuid4().hex[:8]}"
+    marks = _marks(redis_server, tmp_path, queue)
+    order_id = _publish(redis_server, queue, marks, ago=7200)
+    for _ in range(2):
+        assert marks.pending([order_id]).live == {order_id}
+        time.sleep(1.1)
 
 
 def test_a_task_is_pending_while_it_waits_or_runs_and_not_after(

@@ -103,9 +103,9 @@ class CeleryDispatcher:
         give_up: threading.Event,
     ) -> None:
         """Mark the orders waiting (one round trip, BEFORE the publish: see `WaitingTasks.add`),
-        publish
-        the tasks over one pooled producer in one Redis round trip (kombu's `Producer.batch()`:
-        a pipeline of LPUSHes flushed when the block exits), then add every order to `sent`.
+        publish the tasks, each carrying its mark's time, over one pooled producer in one Redis
+        round trip (kombu's `Producer.batch()`: a pipeline of LPUSHes flushed when the block
+        exits), then add every order to `sent`.
         Any error, or the caller's timeout giving up first, discards the unflushed batch and
         the marks: nothing of it is queued. The flush itself is not retried (kombu will not
         replay a pipeline that may have run in part): a failed batch takes the consumer's

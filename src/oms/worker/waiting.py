@@ -3,8 +3,8 @@
 The sweeper re-dispatches an unprocessed order only when its task is lost, never while the task
 merely waits behind a backlog or runs: a duplicate would hold a worker slot for nothing and so
 feed the backlog it was meant to cure. Two sorted sets beside the queue hold the marks: the
-dispatcher adds an order to `waiting` once the broker has accepted its task; the worker moves it
-to `running` when it takes the task and removes it when the task is done.
+dispatcher adds an order to `waiting` just before it publishes the task; the worker moves it to
+`running` when it takes the task and removes it when the task is done.
 
 The sets live in the broker's own Redis database, so a Redis restart that drops the queued tasks
 drops their marks with them: exactly the orders whose task was lost have none, and the sweeper
@@ -15,10 +15,13 @@ A `waiting` mark can outlive its task too: kombu's Redis transport takes a messa
 (BRPOP) before it records it in its `unacked` hash, so a worker killed between the two loses the
 message while the mark stays. The queue is FIFO and every task message carries its mark's time
 (`MARK_HEADER`), so the message next in line tells which marks belong to messages already taken
-off the queue: those must be in the `unacked` hash, held by a worker, or they are lost. That is
-only concluded from a look at the queue at least `SETTLE_SECONDS` old, so a message still between
-BRPOP and the hash is never taken for lost. When the queue cannot tell (a message without the
-header), a `waiting` mark is trusted for `TASK_MAX_WAIT_SECONDS`.
+off the queue. Such a mark is first only suspect; seen again, with the same time, at a look at
+least `SETTLE_SECONDS` later (the next sweep), its message must be in the `unacked` hash, held by
+a worker, or it is lost. A message between BRPOP and the hash is never taken for lost, nor one
+put back by kombu (a dead worker's, at the head of the queue), which is taken again by then.
+When the queue cannot tell (a message without the header, from an older release), a `waiting`
+mark is trusted for `TASK_MAX_WAIT_SECONDS`. Mark times are the dispatching hosts' clocks: they
+must agree within a few seconds, as NTP keeps them.
 """
 
 from __future__ import annotations
@@ -26,9 +29,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -59,19 +62,22 @@ _PRIORITY_SEPARATOR = "\x06\x16"
 _PRIORITY_STEPS = (0, 3, 6, 9)
 
 
-# The read timeout of every connection to the broker (Celery's transport options too).
+# The read timeout of Celery's connections to the broker (its transport options).
 BROKER_SOCKET_TIMEOUT_SECONDS = 5.0
 
-# kombu's Redis transport keeps the messages workers hold, acked or not yet, in one hash per
-# broker database: delivery tag -> JSON [message, exchange, routing key].
+# kombu's Redis transport keeps the messages workers hold and have not acked in one hash per
+# broker database: delivery tag -> JSON [message, exchange, routing key] (`unacked_key`, which
+# `oms.worker.celery_app` leaves at its default, as it sets no key prefix).
 _UNACKED_HASH = "unacked"
 
 # The header of each task message: when its order was marked waiting (epoch seconds, a string).
 MARK_HEADER = "oms_waiting_since"
 
-# How old a look at the queue must be before a message it showed taken off counts as lost if no
-# worker holds it: far longer than kombu needs between BRPOP and recording it as unacked.
+# How long a mark stays suspect before the unacked hash decides: far longer than kombu needs
+# between BRPOP and recording the message as unacked.
 SETTLE_SECONDS = 1.0
+# A suspect not looked at again for this long is forgotten (the sweeper moved on).
+_SUSPECT_MEMORY_SECONDS = 600.0
 
 
 def priority_lists(queue: str) -> list[str]:
@@ -94,7 +100,7 @@ class Pending:
     """What the marks and the queue say of some orders; the orders in neither set are lost."""
 
     live: frozenset[uuid.UUID]  # the task waits in the queue, is held by a worker, or runs
-    unsure: frozenset[uuid.UUID]  # the task left the queue and no worker showed it yet: ask again
+    unsure: frozenset[uuid.UUID]  # the task left the queue, held or lost: ask at the next sweep
 
 
 class WaitingTasks:
@@ -119,8 +125,10 @@ class WaitingTasks:
         self._publish_slack = (
             settings.celery_publish_timeout_seconds + BROKER_SOCKET_TIMEOUT_SECONDS + 3.0
         )
-        # (when, mark time below which every message had left the queue), oldest first.
-        self._looks: deque[tuple[float, float]] = deque()
+        # Orders whose mark a look found below the head of the queue: (mark, since; monotonic).
+        self._suspects: dict[uuid.UUID, tuple[float, float]] = {}
+        # The sweeper's calls may overlap when one outlives its caller's timeout.
+        self._lock = threading.Lock()
         self._failing = False
 
     def add(self, order_ids: Iterable[uuid.UUID], marked_at: float) -> None:
@@ -154,68 +162,83 @@ class WaitingTasks:
         self._quietly(lambda pipe: pipe.zrem(self._running, member))
 
     def pending(self, order_ids: Sequence[uuid.UUID]) -> Pending:
-        """Of these orders, those whose task waits, is held or runs, and those whose task left
-        the queue without a worker showing it yet; raises `redis.RedisError`."""
+        """Of these orders, those whose task waits, is held or runs, and those to ask about at
+        the next sweep (their task left the queue: held, or lost); raises `redis.RedisError`."""
         if not order_ids:
             return Pending(frozenset(), frozenset())
+        with self._lock:
+            return self._pending(order_ids)
+
+    def _pending(self, order_ids: Sequence[uuid.UUID]) -> Pending:
         members = [str(order_id) for order_id in order_ids]
-        now = time.time()
+        now, clock = time.time(), time.monotonic()
         pipe = self._client.pipeline(transaction=False)
-        # Marks past their trust are dropped here, so the sets stay bounded.
-        pipe.zremrangebyscore(self._waiting, "-inf", f"({now - self._max_wait}")
-        pipe.zremrangebyscore(self._running, "-inf", f"({now - self._max_run}")
         pipe.zmscore(self._waiting, members)
         pipe.zmscore(self._running, members)
         for queue in self._queues:
             pipe.lindex(queue, -1)  # the message next in line (kombu pops from the right)
-        _, _, waiting, running, *next_in_line = pipe.execute()
-        settled, taken_off = self._look(now, next_in_line)
+        waiting, running, *next_in_line = pipe.execute()
+        taken_off = self._taken_off(now, next_in_line)
 
         live: set[uuid.UUID] = set()
-        left_queue: dict[uuid.UUID, bool] = {}  # order -> left the queue before a settled look
+        unsure: set[uuid.UUID] = set()
+        seen_again: list[uuid.UUID] = []
         for order_id, queued, started in zip(order_ids, waiting, running, strict=True):
             if started is not None and started >= now - self._max_run:
                 live.add(order_id)
-            elif queued is None or queued < now - self._max_wait:
+            elif queued is None:
                 continue
-            elif settled is not None and queued < settled:
-                left_queue[order_id] = True
-            elif taken_off is not None and queued < taken_off:
-                left_queue[order_id] = False
+            elif taken_off is None:
+                if queued >= now - self._max_wait:
+                    live.add(order_id)
+            elif queued >= taken_off:
+                live.add(order_id)  # still in the queue, however long it has waited
             else:
-                live.add(order_id)
-        held = self._held_by_workers(left_queue) if left_queue else set()
+                suspect = self._suspects.get(order_id)
+                if suspect is not None and suspect[0] == queued:
+                    if suspect[1] <= clock - SETTLE_SECONDS:
+                        seen_again.append(order_id)
+                        continue
+                else:
+                    self._suspects[order_id] = (queued, clock)
+                unsure.add(order_id)
+        held = self._held_by_workers(seen_again) if seen_again else set()
         live.update(held)
-        unsure = {o for o, long_ago in left_queue.items() if not long_ago and o not in held}
+        for order_id in (*live, *seen_again):
+            self._suspects.pop(order_id, None)
+        self._forget_old_suspects(clock)
+        self._trim(now, taken_off)
         return Pending(frozenset(live), frozenset(unsure))
 
-    def _look(
-        self, now: float, next_in_line: Sequence[bytes | None]
-    ) -> tuple[float | None, float | None]:
-        """Record what the queue shows now. Returns two mark times, below which every message
-        had left the queue: at the newest look at least `SETTLE_SECONDS` old, and now; None
-        where unknown."""
-        taken_off = now - self._publish_slack
+    def _taken_off(self, now: float, next_in_line: Sequence[bytes | None]) -> float | None:
+        """The mark time below which no message is in the queue any more; None: no telling."""
+        bound = now - self._publish_slack
         for raw in next_in_line:
             if raw is None:
                 continue  # an empty list: every message marked before the slack has left it
             marked_at = _mark_of(raw)
-            if marked_at is None or taken_off is None:
-                return None, None  # a message from before the header: no telling
+            if marked_at is None:
+                return None  # a message from before the header
             # Published at most the slack after its mark, it is behind every message marked
             # more than the slack before it: those have all been taken.
-            taken_off = min(taken_off, marked_at - self._publish_slack)
-        if taken_off is None:
-            return None, None
-        self._looks.append((now, taken_off))
-        while len(self._looks) > 1 and self._looks[1][0] <= now - SETTLE_SECONDS:
-            self._looks.popleft()
-        when, settled = self._looks[0]
-        if when > now - SETTLE_SECONDS:
-            return None, taken_off
-        # Never above what the queue shows now: a message put back (a dead worker's, after the
-        # visibility timeout) is next in line again, with its old mark.
-        return min(settled, taken_off), taken_off
+            bound = min(bound, marked_at - self._publish_slack)
+        return bound
+
+    def _forget_old_suspects(self, clock: float) -> None:
+        forget = clock - _SUSPECT_MEMORY_SECONDS
+        for order_id in [o for o, (_, since) in self._suspects.items() if since < forget]:
+            del self._suspects[order_id]
+
+    def _trim(self, now: float, taken_off: float | None) -> None:
+        """Drop the marks no longer trusted, so the sets stay bounded: `running` ones past the
+        processing timeout, `waiting` ones past the maximum wait that the queue does not hold."""
+        oldest_queued = now - self._max_wait
+        if taken_off is not None:
+            oldest_queued = min(oldest_queued, taken_off)
+        pipe = self._client.pipeline(transaction=False)
+        pipe.zremrangebyscore(self._waiting, "-inf", f"({oldest_queued}")
+        pipe.zremrangebyscore(self._running, "-inf", f"({now - self._max_run}")
+        pipe.execute()
 
     def _held_by_workers(self, order_ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
         """Those of these orders whose task message a worker holds (kombu's unacked hash)."""
