@@ -82,8 +82,8 @@ class Settings(BaseSettings):
 
     # Well above the task's own 2 s: a task running longer than this counts as lost.
     processing_timeout_seconds: int = Field(30, ge=5, le=86_400)
-    # A task waiting in the Celery queue longer than this is presumed lost by the sweeper even
-    # if its waiting mark is still there (a worker that could not clear it).
+    # How long the sweeper trusts a waiting mark when the queue cannot tell whether the task is
+    # still in it (a message without the mark's header, from an older release).
     task_max_wait_seconds: int = Field(3600, ge=60, le=7 * 86_400)
 
     # Event bus (RabbitMQ). Names are settings so parallel test runs never share a queue.
