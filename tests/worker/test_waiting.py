@@ -12,6 +12,7 @@ import kombu
 import pytest
 import redis
 
+from oms.config import Settings
 from oms.worker.dispatch import CeleryDispatcher, DispatchError
 from oms.worker.waiting import MARK_HEADER, WaitingTasks
 from tests.conftest import make_settings
@@ -25,11 +26,19 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.kill()
 
 
-def _marks(server: RedisServer, tmp_path: Path, queue: str = "oms.test") -> WaitingTasks:
-    settings = make_settings(
+@pytest.fixture
+def queue() -> str:
+    return f"oms.test.{uuid.uuid4().hex[:8]}"
+
+
+def _settings(server: RedisServer, tmp_path: Path, queue: str) -> Settings:
+    return make_settings(
         f"sqlite:///{tmp_path / 'unused.db'}", celery_broker_url=server.url(1), celery_queue=queue
     )
-    return WaitingTasks(settings)
+
+
+def _marks(server: RedisServer, tmp_path: Path, queue: str) -> WaitingTasks:
+    return WaitingTasks(_settings(server, tmp_path, queue))
 
 
 def _publish(server: RedisServer, queue: str, marks: WaitingTasks, ago: float) -> uuid.UUID:
@@ -49,9 +58,8 @@ def _publish(server: RedisServer, queue: str, marks: WaitingTasks, ago: float) -
 
 
 def test_a_task_taken_off_the_queue_is_lost_unless_a_worker_holds_it(
-    redis_server: RedisServer, tmp_path: Path
+    redis_server: RedisServer, tmp_path: Path, queue: str
 ) -> None:
-    queue = f"oms.test.{uuid.uuid4().hex[:8]}"
     marks = _marks(redis_server, tmp_path, queue)
     lost = _publish(redis_server, queue, marks, ago=60)
     held = _publish(redis_server, queue, marks, ago=60)
@@ -74,10 +82,9 @@ def test_a_task_taken_off_the_queue_is_lost_unless_a_worker_holds_it(
 
 
 def test_a_task_waiting_longer_than_the_maximum_wait_is_pending_while_queued(
-    redis_server: RedisServer, tmp_path: Path
+    redis_server: RedisServer, tmp_path: Path, queue: str
 ) -> None:
     # No worker for two hours: the queue still holds the task, so it is not re-dispatched.
-    queue = f"oms.test.{uuid.uuid4().hex[:8]}"
     marks = _marks(redis_server, tmp_path, queue)
     order_id = _publish(redis_server, queue, marks, ago=7200)
     for _ in range(2):
@@ -86,9 +93,9 @@ def test_a_task_waiting_longer_than_the_maximum_wait_is_pending_while_queued(
 
 
 def test_a_task_is_pending_while_it_waits_or_runs_and_not_after(
-    redis_server: RedisServer, tmp_path: Path
+    redis_server: RedisServer, tmp_path: Path, queue: str
 ) -> None:
-    marks = _marks(redis_server, tmp_path)
+    marks = _marks(redis_server, tmp_path, queue)
     waiting, running, done = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     marks.add([waiting, running, done], time.time())
     marks.taken(running)
@@ -100,9 +107,9 @@ def test_a_task_is_pending_while_it_waits_or_runs_and_not_after(
 
 
 def test_a_redis_restart_forgets_every_mark_like_the_tasks(
-    redis_server: RedisServer, tmp_path: Path
+    redis_server: RedisServer, tmp_path: Path, queue: str
 ) -> None:
-    marks = _marks(redis_server, tmp_path)
+    marks = _marks(redis_server, tmp_path, queue)
     order_id = uuid.uuid4()
     marks.add([order_id], time.time())
     redis_server.restart()
@@ -110,14 +117,9 @@ def test_a_redis_restart_forgets_every_mark_like_the_tasks(
 
 
 async def test_a_failed_publish_leaves_no_waiting_mark(
-    redis_server: RedisServer, tmp_path: Path
+    redis_server: RedisServer, tmp_path: Path, queue: str
 ) -> None:
-    settings = make_settings(
-        f"sqlite:///{tmp_path / 'unused.db'}",
-        celery_broker_url=redis_server.url(1),
-        celery_queue=f"oms.test.{uuid.uuid4().hex[:8]}",
-    )
-    dispatcher = CeleryDispatcher(settings)
+    dispatcher = CeleryDispatcher(_settings(redis_server, tmp_path, queue))
     order_id = uuid.uuid4()
     with (
         mock.patch("oms.worker.tasks.process_order.apply_async", side_effect=OSError("down")),
