@@ -102,14 +102,18 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def start(role: str, env: dict[str, str], cwd: str, *args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(  # noqa: S603 - our own CLI
-        [sys.executable, "-m", "oms.cli", role, *args],
-        env={"PATH": os.environ.get("PATH", ""), **env},
-        cwd=cwd,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def start(
+    role: str, env: dict[str, str], cwd: str, *args: str, log: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """`oms <role>`; its output goes to `log` when given, else nowhere."""
+    with log.open("wb") if log else open(os.devnull, "wb") as output:  # the child keeps its copy
+        return subprocess.Popen(  # noqa: S603 - our own CLI
+            [sys.executable, "-m", "oms.cli", role, *args],
+            env={"PATH": os.environ.get("PATH", ""), **env},
+            cwd=cwd,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
 
 
 async def create_orders(

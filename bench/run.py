@@ -267,6 +267,7 @@ def print_table(report: dict[str, Any]) -> None:
             ("commit → hand-off p50 ms", sustained["commit_to_handoff_ms"]["p50"], "≤ 20"),
             ("max Celery queue depth", sustained["max_queue_depth"], ""),
             ("duplicate task runs per order", sustained["duplicates_per_order"], "≤ 0.01"),
+            ("worker restarts by its watchdog", sustained.get("worker_restarts", 0), "0"),
             (
                 "last processed after last commit s",
                 sustained["last_processed_after_last_commit_s"],

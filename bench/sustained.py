@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     ports = {role: free_port() for role in ("relay", "consumer", "worker")}
     processes: list[subprocess.Popen[bytes]] = []
     workdir = tempfile.mkdtemp()
+    logs = Path(workdir)
     sampler = QueueSampler(queue)
     try:
         migrate.upgrade(db_url)
@@ -115,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
                 return int(row.fetchone()[0])  # type: ignore[index]
 
             for role, port in ports.items():
-                processes.append(start(role, {**env, "METRICS_PORT": str(port)}, workdir))
+                role_env = {**env, "METRICS_PORT": str(port)}
+                processes.append(start(role, role_env, workdir, log=logs / f"{role}.log"))
             time.sleep(5)  # connected, consuming
             sampler.start()
             began = time.monotonic()
@@ -180,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         "duplicate_runs": int(already),
         "redispatched": int(redispatched),
         "duplicates_per_order": round(already / count, 4),
+        # The watchdog restarting a worker that was only busy would be a false alarm.
+        "worker_restarts": (logs / "worker.log").read_text().count("Worker stopped consuming"),
     }
     print(json.dumps(result, indent=2))
     if args.output:

@@ -143,7 +143,7 @@ def _celery_worker(settings: Settings, concurrency: int) -> int:
     tracing.instrument_celery_worker()
     watchdog = Watchdog(settings, concurrency)
     # Watching starts once the worker consumes; startup time is not a stall.
-    signals.worker_ready.connect(lambda **_: watchdog.start(), weak=False)
+    signals.worker_ready.connect(lambda sender, **_: watchdog.start(sender), weak=False)
     serve_metrics(settings)
     argv = [
         "--quiet",  # no banner: stdout carries JSON log lines only

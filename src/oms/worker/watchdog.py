@@ -1,11 +1,14 @@
 """Inside the Celery worker process: notice that it stopped consuming, and end it.
 
-Celery 5.7 / kombu 5.7 with the threads pool can stop taking tasks for good after their Redis
-restarts while tasks are in flight (the acks fail with ConnectionError; reconnection then never
-resumes the consumer). Nothing in the process errors out, so a thread checks from outside:
-tasks wait in the broker's queue, the worker has free slots, and it has received none for
-`WORKER_STALL_SECONDS`. Then the process shuts down (warm: tasks in progress finish) and
-`oms worker`'s supervising parent (`oms.worker.supervisor`) starts a fresh one.
+Celery 5.7 / kombu 5.7 with the threads pool can stop taking tasks after their Redis restarts
+while tasks are in flight. kombu's Redis QoS frees a prefetch slot only once the ack reached
+Redis; an ack that fails with ConnectionError leaves its slot taken for good. With every slot
+taken the worker never takes a task again; with some taken it runs on the rest. Nothing in the
+process errors out, so a thread checks from outside, while tasks wait in the broker's queue and
+the worker has free slots: the worker has received no task for `WORKER_STALL_SECONDS`, or a
+delivery no task holds any more has kept its slot that long. Then the process shuts down (warm:
+tasks in progress finish) and `oms worker`'s supervising parent (`oms.worker.supervisor`) starts
+a fresh one.
 """
 
 from __future__ import annotations
@@ -34,6 +37,10 @@ LAST_TASK_RECEIVED = Gauge(
 TASKS_IN_WORKER = Gauge(
     "oms_worker_tasks_reserved", "Tasks this worker holds: running, or received and about to run"
 )
+STRANDED_SLOTS = Gauge(
+    "oms_worker_stranded_slots",
+    "Prefetch slots the broker client still counts as taken though no task holds them",
+)
 
 # A warm shutdown that has not ended by then (a consumer stuck in the library) is cut short.
 SHUTDOWN_GRACE_SECONDS = 10.0
@@ -61,10 +68,14 @@ class Watchdog:
         self._stall_seconds = settings.worker_stall_seconds
         self._interval = interval
         self._stalled_since: float | None = None
+        self._stranded_since: dict[object, float] = {}
         self._broker_down = False
+        self._consumer: Any = None
         LAST_TASK_RECEIVED.set(_last_received)
 
-    def start(self) -> None:
+    def start(self, consumer: Any) -> None:
+        """`consumer`: Celery's worker Consumer, the `worker_ready` signal's sender."""
+        self._consumer = consumer
         threading.Thread(target=self._run, name="oms-worker-watchdog", daemon=True).start()
 
     def _run(self) -> None:
@@ -81,6 +92,10 @@ class Watchdog:
         """True when the worker has stopped consuming (one observation per call)."""
         reserved = len(state.reserved_requests)
         TASKS_IN_WORKER.set(reserved)
+        stranded = _stranded_deliveries(self._consumer)
+        if stranded is not None:  # None: not readable this time; the last view stands
+            self._stranded_since = {tag: self._stranded_since.get(tag, now) for tag in stranded}
+            STRANDED_SLOTS.set(len(stranded))
         try:
             depth = self._queue.stats().queued
         except redis.RedisError as error:
@@ -99,7 +114,9 @@ class Watchdog:
         # Tasks wait and slots are free: the clock runs from then or from the last task taken.
         since = max(self._stalled_since or now, _last_received)
         self._stalled_since = since
-        if now - since < self._stall_seconds:
+        # A slot freed by a finished task is back within milliseconds; one kept this long is lost.
+        stranded_for = now - min(self._stranded_since.values(), default=now)
+        if now - since < self._stall_seconds and stranded_for < self._stall_seconds:
             return False
         log.error(
             "Worker stopped consuming: tasks wait while slots are free; restarting it",
@@ -107,6 +124,7 @@ class Watchdog:
             tasks_reserved=reserved,
             concurrency=self._concurrency,
             idle_seconds=round(now - _last_received, 1),
+            slots_stranded=len(self._stranded_since),
         )
         return True
 
@@ -116,6 +134,24 @@ class Watchdog:
         timer.daemon = True
         timer.start()
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _stranded_deliveries(consumer: Any) -> set[object] | None:
+    """Delivery tags kombu counts as taken that no Celery task (running or waiting) holds.
+
+    Reads kombu's QoS bookkeeping (`_delivered` less `_dirty`, as its `can_consume` does): kombu
+    5.7 offers no public view of it. None when it cannot be read (reconnecting, or a set changed
+    while it was copied).
+    """
+    try:
+        qos = consumer.task_consumer.channel.qos
+        taken = set(qos._delivered) - set(qos._dirty)
+        # Scheduled: a retry waiting for its countdown (its message is delivered, not running).
+        requests = [*state.reserved_requests, *state.scheduled_requests]  # type: ignore[attr-defined]
+        held = {request.message.delivery_tag for request in requests}
+    except (AttributeError, RuntimeError):
+        return None
+    return taken - held
 
 
 def _exit_now() -> None:
