@@ -126,8 +126,9 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(1000, ge=1, le=4096)
     worker_pool: Literal["threads", "prefork", "solo"] = "threads"
     # The watchdog restarts the Celery worker when tasks have waited in its queue this long
-    # while it had free slots and took none, or kept a slot no task held (a failed ack's: after
-    # a Redis restart Celery/kombu can consume with fewer slots, or none, and never recover).
+    # while it had free slots and took none, or kept a slot no task held (at least 15 s; a
+    # failed ack's: after a Redis restart Celery/kombu can consume with fewer slots, or none,
+    # and never recover).
     worker_stall_seconds: float = Field(5.0, ge=1, le=3600)
 
     # Per-process Prometheus endpoint for the relay, consumer and worker; unset = disabled.

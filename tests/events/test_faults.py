@@ -160,7 +160,7 @@ async def test_worker_heals_after_its_redis_stops_while_it_holds_tasks(
     # Back once the sleeping tasks' acks have failed (the case Celery/kombu do not recover from;
     # redis-py retries an ack for a few seconds), or a few seconds later whatever happened.
     with contextlib.suppress(AssertionError):
-        await eventually(lambda: _ack_failed(worker), 6)
+        await eventually(lambda: _ack_failed(worker) > 0, 6)
     redis_server.start()
 
     await _assert_healed(pipeline, worker, order_ids)
@@ -183,12 +183,14 @@ async def test_worker_heals_when_its_redis_stops_as_some_of_its_tasks_end(
     await eventually(lambda: len(worker.events("Processing order")) >= 8, 30, pipeline.logs)
 
     redis_server.shutdown()
-    await eventually(lambda: _ack_failed(worker), 10, pipeline.logs)
+    await eventually(lambda: _ack_failed(worker) >= 6, 10, pipeline.logs)
     redis_server.start()
 
     await _assert_healed(pipeline, worker, order_ids)
     [restart] = worker.events(STALLED)
-    assert restart["slots_stranded"] == 6, pipeline.logs()
+    # Restarted for its lost slots while it still took tasks, not for taking none.
+    assert 0 < restart["slots_stranded"] < 8, pipeline.logs()
+    assert restart["idle_seconds"] < 5, pipeline.logs()
 
 
 STALLED = "Worker stopped consuming: tasks wait while slots are free; restarting it"
@@ -204,8 +206,9 @@ async def _assert_healed(pipeline: Pipeline, worker: OmsProcess, order_ids: list
     assert [line for line in worker.lines if not line.startswith("{")] == [], pipeline.logs()
 
 
-def _ack_failed(worker: OmsProcess) -> bool:
-    return any(str(record["event"]).startswith("Couldn't ack") for record in worker.records())
+def _ack_failed(worker: OmsProcess) -> int:
+    """How many acks the worker could not send."""
+    return sum(str(record["event"]).startswith("Couldn't ack") for record in worker.records())
 
 
 def _alive(pid: int) -> bool:

@@ -26,7 +26,7 @@ from celery.worker import state
 from prometheus_client import Gauge
 
 from oms.config import Settings
-from oms.worker.waiting import WaitingTasks
+from oms.worker.waiting import BROKER_SOCKET_TIMEOUT_SECONDS, WaitingTasks
 
 log = structlog.get_logger(__name__)
 
@@ -44,6 +44,10 @@ STRANDED_SLOTS = Gauge(
 
 # A warm shutdown that has not ended by then (a consumer stuck in the library) is cut short.
 SHUTDOWN_GRACE_SECONDS = 10.0
+# A slot a finished task frees is back within milliseconds, but its ack can wait behind others
+# on Celery's event loop, each bounded by the broker client's timeout and redis-py's retries: a
+# slot is taken for lost only when no task has held it for this long (or WORKER_STALL_SECONDS).
+STRANDED_MIN_SECONDS = 3 * BROKER_SOCKET_TIMEOUT_SECONDS
 # Exit status of a worker the watchdog had to cut short; the parent restarts it all the same.
 EXIT_STALLED = 75
 
@@ -69,6 +73,8 @@ class Watchdog:
         self._interval = interval
         self._stalled_since: float | None = None
         self._stranded_since: dict[object, float] = {}
+        self._stranded_seconds = max(self._stall_seconds, STRANDED_MIN_SECONDS)
+        self._qos: object = None
         self._broker_down = False
         self._consumer: Any = None
         LAST_TASK_RECEIVED.set(_last_received)
@@ -92,18 +98,17 @@ class Watchdog:
         """True when the worker has stopped consuming (one observation per call)."""
         reserved = len(state.reserved_requests)
         TASKS_IN_WORKER.set(reserved)
-        stranded = _stranded_deliveries(self._consumer)
-        if stranded is not None:  # None: not readable this time; the last view stands
-            self._stranded_since = {tag: self._stranded_since.get(tag, now) for tag in stranded}
-            STRANDED_SLOTS.set(len(stranded))
+        self._observe_slots(now)
         try:
             depth = self._queue.stats().queued
         except redis.RedisError as error:
-            # Redis itself is away: nothing to consume, Celery is reconnecting. Not a stall.
+            # Redis itself is away: nothing to consume, Celery is reconnecting. Not a stall, and
+            # acks failing now may yet be undone by the reconnection's fresh channel.
             if not self._broker_down:
                 log.warning("Watchdog cannot reach the broker", error=str(error))
             self._broker_down = True
             self._stalled_since = None
+            self._stranded_since = {}
             return False
         if self._broker_down:
             log.info("Watchdog reaches the broker again", queue_depth=depth)
@@ -114,9 +119,8 @@ class Watchdog:
         # Tasks wait and slots are free: the clock runs from then or from the last task taken.
         since = max(self._stalled_since or now, _last_received)
         self._stalled_since = since
-        # A slot freed by a finished task is back within milliseconds; one kept this long is lost.
         stranded_for = now - min(self._stranded_since.values(), default=now)
-        if now - since < self._stall_seconds and stranded_for < self._stall_seconds:
+        if now - since < self._stall_seconds and stranded_for < self._stranded_seconds:
             return False
         log.error(
             "Worker stopped consuming: tasks wait while slots are free; restarting it",
@@ -128,6 +132,18 @@ class Watchdog:
         )
         return True
 
+    def _observe_slots(self, now: float) -> None:
+        """Track each stranded delivery tag from when it was first seen on the current channel."""
+        seen = _stranded_deliveries(self._consumer)
+        if seen is None:
+            return  # not readable this time: the last view stands
+        qos, stranded = seen
+        if qos is not self._qos:  # reconnected (or reconnecting): the old channel's slots are gone
+            self._qos = qos
+            self._stranded_since = {}
+        self._stranded_since = {tag: self._stranded_since.get(tag, now) for tag in stranded}
+        STRANDED_SLOTS.set(len(stranded))
+
     def _restart(self) -> None:
         # Warm shutdown through Celery's own SIGTERM handler; a stuck one is cut short.
         timer = threading.Timer(SHUTDOWN_GRACE_SECONDS, _exit_now)
@@ -136,22 +152,27 @@ class Watchdog:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _stranded_deliveries(consumer: Any) -> set[object] | None:
-    """Delivery tags kombu counts as taken that no Celery task (running or waiting) holds.
+def _stranded_deliveries(consumer: Any) -> tuple[object, set[object]] | None:
+    """The channel's QoS and the delivery tags it counts as taken that no Celery task holds.
 
     Reads kombu's QoS bookkeeping (`_delivered` less `_dirty`, as its `can_consume` does): kombu
-    5.7 offers no public view of it. None when it cannot be read (reconnecting, or a set changed
-    while it was copied).
+    5.7 offers no public view of it. While Celery reconnects (no connection, or the consumer still
+    on the closed channel) nothing is stranded. None when a set changed while it was copied.
+    Held means reserved or scheduled; a task rate limit (none is set) would hold more.
     """
     try:
+        if consumer.connection is None or consumer.task_consumer.channel.closed:
+            return None, set()
         qos = consumer.task_consumer.channel.qos
         taken = set(qos._delivered) - set(qos._dirty)
         # Scheduled: a retry waiting for its countdown (its message is delivered, not running).
         requests = [*state.reserved_requests, *state.scheduled_requests]  # type: ignore[attr-defined]
         held = {request.message.delivery_tag for request in requests}
-    except (AttributeError, RuntimeError):
+    except AttributeError:  # not consuming yet
+        return None, set()
+    except RuntimeError:
         return None
-    return taken - held
+    return qos, taken - held
 
 
 def _exit_now() -> None:
