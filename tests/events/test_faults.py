@@ -148,12 +148,9 @@ async def test_worker_heals_after_its_redis_stops_while_it_holds_tasks(
 ) -> None:
     # 8 slots for 40 orders: some tasks sleep in the worker, the rest wait in the queue when
     # Redis goes away. Their acks then fail, and Celery/kombu alone never take a task again.
-    worker = pipeline.start("worker", WORKER_CONCURRENCY="8")
-    consumer = pipeline.start("consumer")
-    pipeline.start("relay")
-    await eventually(lambda: consumer.events("Consumer started"), 30, pipeline.logs)
+    worker = await _start_with_eight_slots(pipeline)
     order_ids = await pipeline.create_orders(40)
-    await eventually(lambda: len(worker.events("Processing order")) >= 8, 30, pipeline.logs)
+    await eventually(lambda: _started(worker) >= 8, 30, pipeline.logs)
 
     redis_server.shutdown()  # SHUTDOWN NOSAVE while 8 tasks are in their sleep
     await asyncio.sleep(2)
@@ -172,15 +169,12 @@ async def test_worker_heals_when_its_redis_stops_as_some_of_its_tasks_end(
     # 6 of 8 slots start their task 1 s before the other 2. Redis is away when the 6 end, so
     # their acks fail and kombu counts their slots as taken for good, and back when the 2 end.
     # The worker still takes tasks, 2 at a time: it is not idle, yet it must be restarted.
-    worker = pipeline.start("worker", WORKER_CONCURRENCY="8")
-    consumer = pipeline.start("consumer")
-    pipeline.start("relay")
-    await eventually(lambda: consumer.events("Consumer started"), 30, pipeline.logs)
+    worker = await _start_with_eight_slots(pipeline)
     order_ids = await pipeline.create_orders(6)
-    await eventually(lambda: len(worker.events("Processing order")) >= 6, 30, pipeline.logs)
+    await eventually(lambda: _started(worker) >= 6, 30, pipeline.logs)
     await asyncio.sleep(1.2)
     order_ids += await pipeline.create_orders(34)
-    await eventually(lambda: len(worker.events("Processing order")) >= 8, 30, pipeline.logs)
+    await eventually(lambda: _started(worker) >= 8, 30, pipeline.logs)
 
     redis_server.shutdown()
     await eventually(lambda: _ack_failed(worker) >= 6, 10, pipeline.logs)
@@ -194,6 +188,20 @@ async def test_worker_heals_when_its_redis_stops_as_some_of_its_tasks_end(
 
 
 STALLED = "Worker stopped consuming: tasks wait while slots are free; restarting it"
+
+
+async def _start_with_eight_slots(pipeline: Pipeline) -> OmsProcess:
+    """A worker with 8 slots, a consumer and a relay; the worker, once events are consumed."""
+    worker = pipeline.start("worker", WORKER_CONCURRENCY="8")
+    consumer = pipeline.start("consumer")
+    pipeline.start("relay")
+    await eventually(lambda: consumer.events("Consumer started"), 30, pipeline.logs)
+    return worker
+
+
+def _started(worker: OmsProcess) -> int:
+    """How many tasks the worker has begun."""
+    return len(worker.events("Processing order"))
 
 
 async def _assert_healed(pipeline: Pipeline, worker: OmsProcess, order_ids: list[str]) -> None:
