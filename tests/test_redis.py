@@ -130,3 +130,29 @@ async def test_guard_bounds_an_operation_that_hangs() -> None:
     with pytest.raises(RedisUnavailableError):
         await guard.run(lambda: asyncio.sleep(30))
     await guard.close()
+
+
+async def test_the_pool_serves_more_callers_than_connections_within_its_cap(
+    redis_url: str,
+) -> None:
+    """With every connection busy, callers wait their turn instead of failing, the pool opens
+    no more than REDIS_MAX_CONNECTIONS, and once the crowd is served calls go on as before."""
+    settings = make_settings(
+        "sqlite:///unused.db", redis_url=redis_url, redis_max_connections=3, redis_timeout_seconds=2
+    )
+    client = create_redis_client(settings)
+    name = f"oms-pool-test-{free_port()}"
+    try:
+        # BLPOP on an empty list holds its connection for 50 ms: 30 of them need 10 turns.
+        results = await asyncio.gather(
+            *(client.blpop([f"{name}:empty"], timeout=0.05) for _ in range(30))
+        )
+        opened = sum(count for count, _ in client.connection_pool.get_connection_count())
+        assert await client.ping()
+        assert await client.incr(f"{name}:n") == 1
+    finally:
+        await client.delete(f"{name}:n")
+        await client.aclose()
+
+    assert results == [None] * 30
+    assert opened == 3

@@ -14,10 +14,11 @@ import enum
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -38,7 +39,7 @@ def create_redis_client(settings: Settings) -> Redis:
     if settings.redis_url is None:
         raise ValueError("REDIS_URL is not set")
     timeout = settings.redis_timeout_seconds
-    pool = BlockingConnectionPool.from_url(
+    pool = UncontendedFastPool.from_url(
         settings.redis_url,
         max_connections=settings.redis_max_connections,
         timeout=timeout,  # waiting for a free connection is bounded too
@@ -47,6 +48,46 @@ def create_redis_client(settings: Settings) -> Redis:
         retry=Retry(NoBackoff(), 0),
     )
     return Redis.from_pool(pool)
+
+
+class UncontendedFastPool(BlockingConnectionPool):
+    """redis-py's blocking pool, minus its cost when nobody waits for a connection.
+
+    Profiled under wrk, the blocking pool's checkout and return (a condition, a timeout scope,
+    a context-manager generator, connection-event dispatch and metrics hooks this service does not
+    use) were 6 % of a cached GET's CPU and of a POST's, for one Redis call each. While no task
+    waits, an idle connection is taken and given back directly, and checked before use exactly as
+    the pool checks it. Once a task waits (every connection in use), checkout and return go through
+    the blocking pool itself, in order, with its timeout, until nobody waits again.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._waiting = 0
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> AbstractConnection:
+        if self._waiting or not self._available_connections or self._in_maintenance:
+            self._waiting += 1
+            try:
+                connection: AbstractConnection = await super().get_connection()  # type: ignore[no-untyped-call]
+                return connection
+            finally:
+                self._waiting -= 1
+        connection = self._available_connections.pop()
+        self._in_use_connections.add(connection)
+        try:
+            await self.ensure_connection(connection)
+        except BaseException:
+            await self.release(connection)
+            raise
+        return connection
+
+    async def release(self, connection: AbstractConnection) -> None:
+        if self._waiting or self._in_maintenance or connection.should_reconnect():  # type: ignore[no-untyped-call]
+            await super().release(connection)  # wakes a waiter
+            return
+        self._in_use_connections.remove(connection)
+        self._available_connections.append(connection)
 
 
 @dataclass(frozen=True, slots=True)
