@@ -99,3 +99,24 @@ def test_the_command_refuses_to_start_with_a_wildcard_and_credentials() -> None:
     result = _oms("migrate", CORS_ORIGINS="*", CORS_ALLOW_CREDENTIALS="true")
     assert result.returncode == 2
     assert "CORS_ORIGINS" in result.stderr
+
+
+async def test_every_answer_varies_by_origin_and_a_refused_body_is_readable_cross_origin(
+    sqlite_url: str,
+) -> None:
+    """`Vary: Origin` on every response (a shared cache must not hand a same-origin answer to a
+    cross-origin caller), and a listed origin can read the 413 of an oversized body."""
+    settings = settings_with(sqlite_url, cors_origins=[SHOP], max_body_bytes=1024)
+    big = b"{" + b" " * 2048 + b"}"
+    async with app_client(settings) as client:
+        plain = await client.get("/health")
+        unknown = await client.get("/orders/00000000-0000-0000-0000-000000000000/")
+        too_large = await client.post("/orders/", content=big, headers={"Origin": SHOP})
+        too_large_same_origin = await client.post("/orders/", content=big)
+
+    for response in (plain, unknown, too_large, too_large_same_origin):
+        assert response.headers.get_list("Vary") == ["Origin"]
+    assert "Access-Control-Allow-Origin" not in plain.headers
+    assert too_large.status_code == too_large_same_origin.status_code == 413
+    assert too_large.headers["Access-Control-Allow-Origin"] == SHOP
+    assert too_large.json() == too_large_same_origin.json()

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
-from starlette.middleware.cors import CORSMiddleware
+from typing import Any
 
 from oms.config import Settings
 
@@ -24,19 +23,18 @@ EXPOSED_HEADERS = [
 PREFLIGHT_MAX_AGE_SECONDS = 600
 
 
-def add_cors(app: FastAPI, settings: Settings) -> None:
-    """Nothing cross-origin unless listed; localhost origins by default in `local`.
-    (`*` with credentials is refused when the settings load.)"""
+def cors_options(settings: Settings) -> dict[str, Any]:
+    """Starlette's `CORSMiddleware` arguments: nothing cross-origin unless listed; localhost
+    origins by default in `local`. (`*` with credentials is refused when the settings load.)"""
     origin_regex = None
     if not settings.cors_origins and settings.app_env == "local":
         origin_regex = LOCAL_ORIGIN_REGEX
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origins=settings.cors_origins,
-        allow_origin_regex=origin_regex,
-        allow_credentials=settings.cors_allow_credentials,
-        allow_methods=ALLOWED_METHODS,
-        allow_headers=ALLOWED_HEADERS,
-        expose_headers=EXPOSED_HEADERS,
-        max_age=PREFLIGHT_MAX_AGE_SECONDS,
-    )
+    return {
+        "allow_origins": settings.cors_origins,
+        "allow_origin_regex": origin_regex,
+        "allow_credentials": settings.cors_allow_credentials,
+        "allow_methods": ALLOWED_METHODS,
+        "allow_headers": ALLOWED_HEADERS,
+        "expose_headers": EXPOSED_HEADERS,
+        "max_age": PREFLIGHT_MAX_AGE_SECONDS,
+    }

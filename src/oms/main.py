@@ -16,7 +16,7 @@ from oms.auth.service import RecentlySeenUsers
 from oms.auth.tokens import TokenVerifier
 from oms.cache import DisabledOrderCache, InMemoryOrderCache, OrderCache, RedisOrderCache
 from oms.config import Settings, get_settings
-from oms.cors import add_cors
+from oms.cors import cors_options
 from oms.db import (
     create_database_gate,
     create_engine,
@@ -29,7 +29,7 @@ from oms.health import DependencyCheck, broker_check, database_check
 from oms.health import router as health_router
 from oms.logging import configure_logging
 from oms.metrics import router as metrics_router
-from oms.middleware import BodySizeLimitMiddleware, RequestMiddleware
+from oms.middleware import RequestMiddleware
 from oms.orders.router import router as orders_router
 from oms.ratelimit import RateLimiter, limit_auth_per_ip
 from oms.redis import RedisGuard, create_redis_client
@@ -118,11 +118,10 @@ def create_app(
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     register_error_handlers(app)
-    # Innermost first. CORS sees the 413s; RequestMiddleware, outermost, sees every response
-    # (request id, rate-limit headers, access line and metrics).
-    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
-    add_cors(app, settings)
-    app.add_middleware(RequestMiddleware)
+    # One layer: request id, CORS, the body limit, rate-limit headers, access line and metrics.
+    app.add_middleware(
+        RequestMiddleware, max_body_bytes=settings.max_body_bytes, cors=cors_options(settings)
+    )
     # Routes are matched in this order, each candidate costing a regex and FastAPI's scope
     # bookkeeping: the probes first (polled by every orchestrator), the order routes next (the
     # traffic), then the rare ones. Health and metrics are never rate limited.

@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 import secrets
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -18,6 +20,8 @@ from oms.routing import route_template
 
 REQUEST_ID_HEADER = "X-Request-ID"
 REQUEST_ID_HEADER_BYTES = b"x-request-id"
+# What Starlette's CORS middleware adds to a response to a request without an Origin header.
+_VARY_ORIGIN = (b"vary", b"Origin")
 # Anything else (control characters, 10 kB values) is replaced, never logged nor echoed.
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _MAX_LOGGED_PATH = 200
@@ -30,6 +34,11 @@ class RequestMiddleware:
     costs a coroutine and a wrapped `send` per request, measurable at this service's rates):
 
     - accepts a well-formed `X-Request-ID` or makes one, binds it to the logs, echoes it;
+    - CORS (`cors`: Starlette's `CORSMiddleware` arguments): a request with an `Origin` header
+      goes through Starlette's middleware; any other gets the one header it would add to it,
+      `Vary: Origin`, without the layer;
+    - the body limit (`max_body_bytes`, `BodySizeLimitMiddleware`), only for a request whose
+      body its framing does not already bound;
     - adds the `RateLimit-*` headers of the request's rate-limit decision (`oms.ratelimit`,
       left in the request state), 429s included;
     - writes one access log line and one metrics observation. Labels use the route template
@@ -38,8 +47,27 @@ class RequestMiddleware:
     Outermost, so 413s and CORS refusals are logged and carry the request id too.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_bytes: int | None = None,
+        cors: Mapping[str, Any] | None = None,
+    ) -> None:
         self.app = app
+        self.body_limit = (
+            BodySizeLimitMiddleware(app, max_body_bytes) if max_body_bytes is not None else None
+        )
+        self.cors = CORSMiddleware(self.body_limit or app, **cors) if cors is not None else None
+
+    def _inner(self, scope: Scope) -> tuple[ASGIApp, bool]:
+        """The app to call for this request, and whether the response needs `Vary: Origin`."""
+        if self.cors is not None:
+            for name, _ in scope["headers"]:
+                if name == b"origin":
+                    return self.cors, False
+        if self.body_limit is not None and self.body_limit.must_watch(scope):
+            return self.body_limit, self.cors is not None
+        return self.app, self.cors is not None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -48,6 +76,7 @@ class RequestMiddleware:
         started = time.perf_counter()
         request_id = _incoming_request_id(scope) or secrets.token_hex(16)  # a third of uuid4().hex
         echoed = (REQUEST_ID_HEADER_BYTES, request_id.encode("ascii"))
+        app, vary_origin = self._inner(scope)
         state: dict[str, Any] = scope.setdefault("state", {})
         # Stays 500 when the app raises before answering: Starlette's outer error handler
         # then sends the 500 without passing through here.
@@ -58,6 +87,8 @@ class RequestMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = [*message.get("headers", ()), echoed]
+                if vary_origin:
+                    headers.append(_VARY_ORIGIN)
                 decision: RateLimitDecision | None = state.get(RATE_LIMIT_STATE_KEY)
                 if decision is not None:
                     headers += decision.raw_headers
@@ -66,7 +97,7 @@ class RequestMiddleware:
 
         with structlog.contextvars.bound_contextvars(request_id=request_id):
             try:
-                await self.app(scope, receive, send_with_headers)
+                await app(scope, receive, send_with_headers)
             finally:
                 elapsed = time.perf_counter() - started
                 route = route_template(scope)
@@ -105,20 +136,30 @@ class BodySizeLimitMiddleware:
         self.app = app
         self.max_body_bytes = max_body_bytes
 
+    def _framing(self, scope: Scope) -> tuple[bool, bool]:
+        """(declared larger than the limit, not bounded by its framing). An HTTP/1 body without
+        `Transfer-Encoding` is at most its `Content-Length` (the server frames it so) or empty."""
+        chunked = False
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_body_bytes:
+                return True, True
+            if name == b"transfer-encoding":
+                chunked = True
+        return False, chunked or scope.get("http_version") not in ("1.0", "1.1")
+
+    def must_watch(self, scope: Scope) -> bool:
+        """Whether this request needs the guard at all (callers may skip the layer if not)."""
+        return self._framing(scope)[1]
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        chunked = False
-        for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_body_bytes:
-                await self._too_large(scope, receive, send)
-                return
-            if name == b"transfer-encoding":
-                chunked = True
-        if not chunked and scope.get("http_version") in ("1.0", "1.1"):
-            # HTTP/1 without Transfer-Encoding: the body is at most its Content-Length (the
-            # server frames it so), checked above, or empty. Nothing to count.
+        too_large, unbounded = self._framing(scope)
+        if too_large:
+            await self._too_large(scope, receive, send)
+            return
+        if not unbounded:
             await self.app(scope, receive, send)
             return
 
