@@ -17,9 +17,11 @@ from sqlalchemy import (
     Update,
     bindparam,
     delete,
+    false,
     func,
     insert,
     literal,
+    or_,
     select,
     update,
 )
@@ -283,7 +285,7 @@ async def change_status(
     that moment: concurrent changes of one order queue on its row and each one sees the status the
     previous one left, so none is lost. When it changes nothing, a read says why: the order is
     missing, someone else's, already there (a no-op), or cannot get there (409)."""
-    change = _CHANGE[connection.dialect.name == "postgresql"]
+    change = _CHANGE[connection.dialect.name == "postgresql", new_status]
     async with connection.begin():  # SQLite takes its write lock here, before the clock is read
         row = (
             await connection.execute(
@@ -291,8 +293,6 @@ async def change_status(
                 {
                     "order_id": order_id,
                     "owner_id": user_id,
-                    "sources": _ALLOWED_SOURCES[new_status],
-                    "new_status": new_status,
                     "now": utcnow(),
                 },
             )
@@ -335,30 +335,33 @@ async def _find(connection: AsyncConnection, order_id: uuid.UUID) -> OrderRow | 
 _ORDER_BY_ID = select(Order.__table__).where(Order.id == bindparam("order_id"))
 
 
-def _change_statement(concurrent_writers: bool) -> Update:
+def _change_statement(concurrent_writers: bool, target: OrderStatus) -> Update:
+    """The change to `target`, from the statuses allowed to reach it, written into the statement
+    (an expanding `IN` parameter is rendered into the SQL anew on every execution)."""
     now = bindparam("now", type_=Order.__table__.c.updated_at.type)
     # Never before the change it follows, whatever this host's clock says: on PostgreSQL the
     # statement may have waited for another change of the row after `now` was read.
     tick = literal(_CLOCK_TICK, Interval())
     changed_at = func.greatest(now, Order.updated_at + tick) if concurrent_writers else now
+    sources = _ALLOWED_SOURCES[target]
     return (
         update(Order)
         .where(
             Order.id == bindparam("order_id"),
             Order.user_id == bindparam("owner_id"),
-            Order.status.in_(bindparam("sources", expanding=True)),
+            or_(*(Order.status == source for source in sources)) if sources else false(),
         )
-        .values(
-            status=bindparam("new_status", type_=Order.__table__.c.status.type),
-            updated_at=changed_at,
-            version=Order.version + 1,
-        )
+        .values(status=target, updated_at=changed_at, version=Order.version + 1)
         .returning(*Order.__table__.c)
     )
 
 
-# Keyed by "is this PostgreSQL": SQLite's writers are serialised (see change_status).
-_CHANGE = {True: _change_statement(True), False: _change_statement(False)}
+# Keyed by (is this PostgreSQL, target status): SQLite's writers are serialised (change_status).
+_CHANGE = {
+    (concurrent, target): _change_statement(concurrent, target)
+    for concurrent in (True, False)
+    for target in OrderStatus
+}
 _PAGE = (
     select(Order.__table__)
     .where(Order.user_id == bindparam("user_id"))
