@@ -9,6 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from oms.config import Settings
+from oms.cors import cors_options
+from oms.middleware import RequestMiddleware
 from tests.conftest import make_settings
 from tests.support.apps import app_client
 from tests.test_config import _oms
@@ -120,3 +122,26 @@ async def test_every_answer_varies_by_origin_and_a_refused_body_is_readable_cros
     assert too_large.status_code == too_large_same_origin.status_code == 413
     assert too_large.headers["Access-Control-Allow-Origin"] == SHOP
     assert too_large.json() == too_large_same_origin.json()
+
+
+async def test_an_answer_that_already_varies_gets_origin_in_the_same_header(
+    sqlite_url: str,
+) -> None:
+    """A route's own `Vary` is kept and `Origin` joins it in one header, with or without an
+    Origin header on the request (as Starlette's CORS layer merges it)."""
+
+    async def varying_app(scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"content-type", b"application/json"), (b"vary", b"Accept-Encoding")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    settings = settings_with(sqlite_url, cors_origins=[SHOP])
+    app = RequestMiddleware(varying_app, max_body_bytes=1024, cors=cors_options(settings))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        plain = await client.get("/")
+        cross = await client.get("/", headers={"Origin": SHOP})
+
+    for response in (plain, cross):
+        assert response.headers.get_list("Vary") == ["Accept-Encoding, Origin"]
+    assert cross.headers["Access-Control-Allow-Origin"] == SHOP

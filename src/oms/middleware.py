@@ -22,6 +22,7 @@ REQUEST_ID_HEADER = "X-Request-ID"
 REQUEST_ID_HEADER_BYTES = b"x-request-id"
 # What Starlette's CORS middleware adds to a response to a request without an Origin header.
 _VARY_ORIGIN = (b"vary", b"Origin")
+_VARY = b"vary"
 # Anything else (control characters, 10 kB values) is replaced, never logged nor echoed.
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _MAX_LOGGED_PATH = 200
@@ -88,7 +89,7 @@ class RequestMiddleware:
                 status = message["status"]
                 headers = [*message.get("headers", ()), echoed]
                 if vary_origin:
-                    headers.append(_VARY_ORIGIN)
+                    _vary_by_origin(headers)
                 decision: RateLimitDecision | None = state.get(RATE_LIMIT_STATE_KEY)
                 if decision is not None:
                     headers += decision.raw_headers
@@ -127,6 +128,16 @@ def _incoming_request_id(scope: Scope) -> str | None:
 def _loggable_path(scope: Scope) -> str:
     path: str = scope["path"][:_MAX_LOGGED_PATH]
     return path if path.isprintable() else path.encode("unicode_escape").decode("ascii")
+
+
+def _vary_by_origin(headers: list[tuple[bytes, bytes]]) -> None:
+    """Adds `Origin` to the response's `Vary` as Starlette's CORS layer does: in the one header
+    (some caches read only the first `Vary` line), or as a header of its own."""
+    for index, (name, value) in enumerate(headers):
+        if name.lower() == _VARY:
+            headers[index] = (name, value + b", Origin")
+            return
+    headers.append(_VARY_ORIGIN)
 
 
 class BodySizeLimitMiddleware:

@@ -59,6 +59,10 @@ class UncontendedFastPool(BlockingConnectionPool):
     waits, an idle connection is taken and given back directly, and checked before use exactly as
     the pool checks it. Once a task waits (every connection in use), checkout and return go through
     the blocking pool itself, in order, with its timeout, until nobody waits again.
+
+    It reads the pool's private lists and maintenance flag (redis-py 8.1, pinned by uv.lock: check
+    them when upgrading). A direct return skips redis-py's after-release event, which only
+    re-authenticates connections for streaming credential providers; this client uses none.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
