@@ -150,17 +150,18 @@ class BodySizeLimitMiddleware:
     def _framing(self, scope: Scope) -> tuple[bool, bool]:
         """(declared larger than the limit, not bounded by its framing). An HTTP/1 body without
         `Transfer-Encoding` is at most its `Content-Length` (the server frames it so) or empty."""
-        chunked = False
+        too_large = chunked = False
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > self.max_body_bytes:
-                return True, True
-            if name == b"transfer-encoding":
+                too_large = True
+            elif name == b"transfer-encoding":
                 chunked = True
-        return False, chunked or scope.get("http_version") not in ("1.0", "1.1")
+        return too_large, chunked or scope.get("http_version") not in ("1.0", "1.1")
 
     def must_watch(self, scope: Scope) -> bool:
         """Whether this request needs the guard at all (callers may skip the layer if not)."""
-        return self._framing(scope)[1]
+        too_large, unbounded = self._framing(scope)
+        return too_large or unbounded
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
